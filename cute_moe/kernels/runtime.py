@@ -116,10 +116,26 @@ def fake_stream():
 # --------------------------------------------------------------------------- compiling
 
 
+_DUMP_DIR = None
+
+
+def _dump_dir() -> str:
+    """A private scratch folder for the PTX the DSL writes when asked to keep it."""
+    global _DUMP_DIR
+    if _DUMP_DIR is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        _DUMP_DIR = tempfile.mkdtemp(prefix="cute_moe_ptx_")
+        atexit.register(shutil.rmtree, _DUMP_DIR, ignore_errors=True)
+    return _DUMP_DIR
+
+
 def _options(arch: str, keep_ptx: bool) -> str:
     opts = f"--gpu-arch {arch}"
     if keep_ptx:
-        opts += " --keep-ptx"
+        opts += f" --keep-ptx --dump-dir {_dump_dir()}"
     return opts
 
 
