@@ -22,10 +22,10 @@ class RoutingMethodType(_EvalSafeRepr, IntEnum):
     Renormalize = 1  # top-k -> softmax over the k selected
     DeepSeekV3 = 2  # sigmoid -> +bias -> top-2 sum per group -> top groups -> top-k
     Llama4 = 3  # top-1 -> sigmoid
-    RenormalizeNaive = 4  # softmax -> top-k -> divide by the sum (Qwen3)
+    RenormalizeNaive = 4  # softmax -> top-k -> divide by the sum (Qwen3); same math as Renormalize
     TopK = 5  # top-k of raw logits, weights are the raw logits
     SigmoidRenorm = 6  # sigmoid -> top-k -> divide by the sum
-    MiniMax2 = 7  # sigmoid + bias -> top-k -> divide by (sum + 1e-20), weights from unbiased sigmoid
+    MiniMax2 = 7  # sigmoid + bias -> top-k; w = sigmoid * routed_scaling_factor / (sum + 1e-20), unbiased
     Sigmoid = 8  # sigmoid -> top-k, no renormalization
     TopKSigmoid = 9  # top-k of raw logits -> sigmoid
     Unspecified = 10
