@@ -2,13 +2,65 @@
 
 Each check raises TypeError (wrong type or dtype) or ValueError (wrong shape, device,
 layout or value) with a message naming the argument, what was expected and what came.
+
+Checks read tensor metadata only (dtype, shape, strides, device, data pointer), never tensor
+values: they cost no device synchronisation and are safe inside CUDA-graph capture.
+
+Device rule: every tensor lives on ``hidden_states.device``. With ``require_cuda=True`` (the
+GPU entry points) that device must be a CUDA device; ``require_cuda=False`` keeps all other
+checks, so the CPU reference reuses them.
+
+Sizes (``T`` tokens, ``K = top_k``, ``E = num_experts``, ``L = local_num_experts``,
+``H`` hidden size, ``I = intermediate_size``, ``M = 2I`` for Swiglu and ``I`` for Relu2):
+
+* routing: ``1 <= K <= E``, ``1 <= L <= E``, ``local_expert_offset >= 0``,
+  ``local_expert_offset + L <= E``; per-method limits in ``validate_routing_method``.
+* ``I % 128 == 0`` (FC1 row tile); bf16: ``H % 64 == 0`` and ``I % 64 == 0`` (128-byte K blocks
+  of 64 bf16); mxint4: ``H % 256 == 0`` and ``I % 256 == 0`` (128-byte K blocks of 256 int4).
+* prepared bf16 weights (BlockMajorK, rows shuffled): ``gemm1_weights [L, H/64, M, 64]``,
+  ``gemm2_weights [L, I/64, H, 64]``.
+* prepared mxint4 weights: ``gemm1_weights uint8 [L, H/256, 2I, 128]``,
+  ``gemm2_weights uint8 [L, I/256, H, 128]`` (BlockMajorK bytes, two int4 per byte);
+  ``gemm1_weights_scale bf16 [L, 2I*H/32]``, ``gemm2_weights_scale bf16 [L, H*I/32]`` (one
+  interleaved scale buffer per expert; the 128-row x 4-column interleave adds no padding
+  because 2I, H are multiples of 128 and H/32, I/32 multiples of 4).
+* ``gemm1_alpha`` / ``gemm1_beta`` / ``gemm1_clamp_limit``: float32 ``[L]``, Swiglu only.
+* ``gemm1_lora_delta``: bf16 ``[T, K, 2I]``, Swiglu only.
+* ``routing_replay_out``: int16 ``[>= T, K]`` (may be larger, for CUDA-graph preallocation).
+* ``output`` (when ``do_finalize``): bf16 ``[T, H]``.
+* every tensor contiguous; tensors that kernels load or store with 16-byte vectors
+  (hidden_states, weights, scales, LoRA delta, output) 16-byte aligned.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Sequence
 
 import torch
+
+from .enums import SUPPORTED_ACTIVATIONS, ActivationType, RoutingInputMode, RoutingMethodType, WeightLayout
+from .layouts.block_major import BLOCK_K_BYTES
+from .layouts.quantize import MXINT4_GROUP
+
+ALIGNMENT_BYTES = 16  # one 128-bit vector load
+INTERMEDIATE_MULTIPLE = 128  # FC1 row tile
+BF16_K_BLOCK = BLOCK_K_BYTES // 2  # bf16 values in one BlockMajorK block (64)
+MXINT4_K_BLOCK = BLOCK_K_BYTES * 2  # int4 values in one BlockMajorK block (256)
+
+# Routing kernel limits (FlashInfer's trtllm-gen routing, which callers already respect).
+GROUPED_MAX_TOP_K = 22
+GROUPED_MAX_TOPK_GROUP = 4
+GROUPED_MAX_N_GROUP = 8
+GROUPED_MAX_EXPERTS_PER_GROUP = 32  # one warp scores one group
+GROUPED_EXPERTS_MULTIPLE = 4
+UNGROUPED_MAX_TOP_K = 32
+UNGROUPED_MAX_EXPERTS = 2048
+LLAMA4_MAX_EXPERTS = 128
+
+# Every routing method with a routing implementation (Unspecified has none).
+ROUTING_METHODS = tuple(m for m in RoutingMethodType if m != RoutingMethodType.Unspecified)
 
 
 def _fail_type(name: str, expected: str, got) -> None:
@@ -17,6 +69,10 @@ def _fail_type(name: str, expected: str, got) -> None:
 
 def _fail_value(name: str, expected: str, got) -> None:
     raise ValueError(f"{name}: expected {expected}, got {got}")
+
+
+def _dims(shape: Sequence) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
 
 
 def check_tensor(t, name: str, *, dtypes: Sequence[torch.dtype], ndim: int | None = None,
@@ -49,3 +105,487 @@ def check_topk_pair(topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> None:
 def check_packed_topk(packed: torch.Tensor) -> None:
     """Packed routing ``(expert_id << 16) | bf16 bits``: int32 ``[T, k]``."""
     check_tensor(packed, "topk_ids", dtypes=(torch.int32,), ndim=2)
+
+
+def check_aligned(t: torch.Tensor, name: str, alignment: int = ALIGNMENT_BYTES) -> None:
+    """``data_ptr() % alignment == 0`` (empty tensors pass: nothing is loaded)."""
+    if t.numel() == 0:
+        return
+    ptr = t.data_ptr()
+    if ptr % alignment:
+        _fail_value(name, f"a data pointer aligned to {alignment} bytes",
+                    f"address {ptr:#x} ({ptr % alignment} bytes past alignment, "
+                    f"storage_offset {t.storage_offset()})")
+
+
+def check_shape(t: torch.Tensor, name: str, expected: Sequence[int], meaning: str) -> None:
+    """Exact shape; ``meaning`` is the symbolic shape shown in the message, e.g. "[L, H/64, M, 64]"."""
+    if tuple(t.shape) != tuple(expected):
+        _fail_value(name, f"shape {meaning} = {_dims(expected)}", tuple(t.shape))
+
+
+def _check_int(name: str, value, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        _fail_type(name, "an int", f"{type(value).__name__} {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        _fail_value(name, f"an int >= {minimum}", value)
+    return value
+
+
+def _check_optional_int(name: str, value) -> int:
+    """None counts as 0, like FlashInfer's ``n_group.value_or(0)``."""
+    return 0 if value is None else _check_int(name, value, minimum=0)
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, numbers.Integral)):
+        _fail_type(name, "a bool", f"{type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def _check_enum(name: str, value, enum_cls, allowed):
+    v = _check_int(name, value)
+    if v not in {int(a) for a in allowed}:
+        valid = ", ".join(f"{a.name}={int(a)}" for a in allowed)
+        known = {int(m): m.name for m in enum_cls}
+        got = f"{known[v]}={v}" if v in known else v
+        _fail_value(name, f"one of {valid}", got)
+    return enum_cls(v)
+
+
+def _check_on(t: torch.Tensor, name: str, device: torch.device | None) -> None:
+    if device is not None and t.device != device:
+        _fail_value(name, f"a tensor on {device}", f"a tensor on {t.device}")
+
+
+def _vector_tensor(t, name: str, dtypes, device) -> None:
+    """Contiguous, on ``device``, 16-byte aligned: a tensor kernels read with vector loads."""
+    check_tensor(t, name, dtypes=dtypes)
+    _check_on(t, name, device)
+    check_aligned(t, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces shared by every entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def validate_hidden_states(hidden_states, *, require_cuda: bool = True) -> tuple[int, int, torch.device]:
+    """bf16 ``[T, H]``, contiguous, 16-byte aligned, on a CUDA device when ``require_cuda``.
+
+    Returns ``(T, H, device)``; every other tensor of the call must be on ``device``.
+    """
+    check_tensor(hidden_states, "hidden_states", dtypes=(torch.bfloat16,), ndim=2)
+    device = hidden_states.device
+    if require_cuda and device.type != "cuda":
+        _fail_value("hidden_states", "a tensor on a CUDA device", f"a tensor on {device}")
+    check_aligned(hidden_states, "hidden_states")
+    return hidden_states.shape[0], hidden_states.shape[1], device
+
+
+def validate_expert_range(num_experts, top_k, local_expert_offset, local_num_experts) -> None:
+    """``1 <= top_k <= E``, ``1 <= L <= E``, ``offset >= 0``, ``offset + L <= E``."""
+    e = _check_int("num_experts", num_experts, minimum=1)
+    k = _check_int("top_k", top_k, minimum=1)
+    if k > e:
+        _fail_value("top_k", f"1 <= top_k <= num_experts = {e}", k)
+    offset = _check_int("local_expert_offset", local_expert_offset, minimum=0)
+    local = _check_int("local_num_experts", local_num_experts, minimum=1)
+    if local > e:
+        _fail_value("local_num_experts", f"1 <= local_num_experts <= num_experts = {e}", local)
+    if offset + local > e:
+        _fail_value("local_expert_offset",
+                    f"local_expert_offset + local_num_experts <= num_experts = {e}",
+                    f"{offset} + {local} = {offset + local}")
+
+
+def validate_routing_method(routing_method_type, num_experts: int, top_k: int, n_group, topk_group,
+                            *, from_logits: bool = True) -> RoutingMethodType:
+    """A known routing method and its limits; returns the method.
+
+    All modes:
+      * Llama4: ``top_k == 1``.
+      * DeepSeekV3 with ``n_group > 1`` (grouped): ``n_group | E``,
+        ``1 <= topk_group <= min(n_group, 4)``, ``top_k <= 22`` and
+        ``top_k <= topk_group * E / n_group`` (enough experts in the selected groups).
+        With ``n_group`` None, 0 or 1 DeepSeekV3 routes without groups and ``topk_group`` is unused;
+        other methods ignore both.
+    From logits only (routing kernel capacity):
+      * grouped DeepSeekV3: ``n_group <= 8``, ``E / n_group <= 32`` (so ``E <= 256``), ``E % 4 == 0``;
+      * Llama4: ``E <= 128``;
+      * every other method: ``top_k <= 32``, ``E <= 2048``.
+    """
+    method = _check_enum("routing_method_type", routing_method_type, RoutingMethodType, ROUTING_METHODS)
+    e = _check_int("num_experts", num_experts, minimum=1)
+    k = _check_int("top_k", top_k, minimum=1)
+    ng = _check_optional_int("n_group", n_group)
+    tg = _check_optional_int("topk_group", topk_group)
+
+    if method == RoutingMethodType.Llama4:
+        if k != 1:
+            _fail_value("top_k", "top_k == 1 for Llama4 routing", k)
+        if from_logits and e > LLAMA4_MAX_EXPERTS:
+            _fail_value("num_experts", f"num_experts <= {LLAMA4_MAX_EXPERTS} for Llama4 routing", e)
+        return method
+
+    if method == RoutingMethodType.DeepSeekV3 and ng > 1:
+        if e % ng:
+            _fail_value("n_group", f"a divisor of num_experts = {e} for DeepSeekV3 routing", ng)
+        tg_max = min(ng, GROUPED_MAX_TOPK_GROUP)
+        if not 1 <= tg <= tg_max:
+            _fail_value("topk_group", f"1 <= topk_group <= min(n_group, {GROUPED_MAX_TOPK_GROUP}) = {tg_max} "
+                        f"for DeepSeekV3 routing with n_group = {ng}", topk_group)
+        if k > GROUPED_MAX_TOP_K:
+            _fail_value("top_k", f"top_k <= {GROUPED_MAX_TOP_K} for grouped DeepSeekV3 routing", k)
+        selectable = tg * (e // ng)
+        if k > selectable:
+            _fail_value("top_k", f"top_k <= topk_group * num_experts / n_group = {tg} * {e} / {ng} "
+                        f"= {selectable}", k)
+        if from_logits:
+            if ng > GROUPED_MAX_N_GROUP:
+                _fail_value("n_group", f"n_group <= {GROUPED_MAX_N_GROUP} for DeepSeekV3 routing", ng)
+            if e // ng > GROUPED_MAX_EXPERTS_PER_GROUP:
+                _fail_value("n_group", f"num_experts / n_group <= {GROUPED_MAX_EXPERTS_PER_GROUP} "
+                            f"(n_group >= {math.ceil(e / GROUPED_MAX_EXPERTS_PER_GROUP)} for "
+                            f"num_experts = {e}) for DeepSeekV3 routing", ng)
+            if e % GROUPED_EXPERTS_MULTIPLE:
+                _fail_value("num_experts", f"a multiple of {GROUPED_EXPERTS_MULTIPLE} for grouped "
+                            "DeepSeekV3 routing", e)
+        return method
+
+    if from_logits:
+        if k > UNGROUPED_MAX_TOP_K:
+            _fail_value("top_k", f"top_k <= {UNGROUPED_MAX_TOP_K} for {method.name} routing", k)
+        if e > UNGROUPED_MAX_EXPERTS:
+            _fail_value("num_experts", f"num_experts <= {UNGROUPED_MAX_EXPERTS} for {method.name} routing", e)
+    return method
+
+
+def validate_routing_replay_out(routing_replay_out, num_tokens: int, top_k: int, *,
+                                device: torch.device | None = None) -> None:
+    """None, or int16 ``[>= T, top_k]`` contiguous; rows ``[0, T)`` receive the expert ids."""
+    if routing_replay_out is None:
+        return
+    check_tensor(routing_replay_out, "routing_replay_out", dtypes=(torch.int16,), ndim=2)
+    _check_on(routing_replay_out, "routing_replay_out", device)
+    rows, cols = routing_replay_out.shape
+    if cols != top_k or rows < num_tokens:
+        _fail_value("routing_replay_out", f"shape [>= num_tokens, top_k] = [>= {num_tokens}, {top_k}]",
+                    tuple(routing_replay_out.shape))
+
+
+def _check_scaling_factor(routed_scaling_factor) -> None:
+    if routed_scaling_factor is None:
+        return
+    if isinstance(routed_scaling_factor, bool) or not isinstance(routed_scaling_factor, numbers.Real):
+        _fail_type("routed_scaling_factor", "None or a float",
+                   f"{type(routed_scaling_factor).__name__} {routed_scaling_factor!r}")
+    if not math.isfinite(routed_scaling_factor):
+        _fail_value("routed_scaling_factor", "a finite float", routed_scaling_factor)
+
+
+def validate_routing_args(routing_logits, routing_bias, num_experts, top_k, n_group, topk_group,
+                          routing_method_type, routed_scaling_factor=None, routing_replay_out=None, *,
+                          num_tokens: int | None = None, local_expert_offset=0, local_num_experts=None,
+                          norm_topk_prob=True, device: torch.device | None = None) -> RoutingMethodType:
+    """Routing from logits: expert range, method limits, ``routing_logits`` f32|bf16 ``[T, E]``,
+    ``routing_bias`` None or f32|bf16 ``[E]``, ``routed_scaling_factor`` None or finite,
+    ``routing_replay_out``. ``num_tokens`` and ``device`` default to those of ``routing_logits``;
+    ``local_num_experts`` defaults to ``num_experts``.
+    """
+    validate_expert_range(num_experts, top_k, local_expert_offset,
+                          num_experts if local_num_experts is None else local_num_experts)
+    method = validate_routing_method(routing_method_type, num_experts, top_k, n_group, topk_group,
+                                     from_logits=True)
+    check_tensor(routing_logits, "routing_logits", dtypes=(torch.float32, torch.bfloat16), ndim=2)
+    if device is None:
+        device = routing_logits.device
+    _check_on(routing_logits, "routing_logits", device)
+    t = routing_logits.shape[0] if num_tokens is None else num_tokens
+    check_shape(routing_logits, "routing_logits", (t, num_experts), "[num_tokens, num_experts]")
+    if routing_bias is not None:
+        check_tensor(routing_bias, "routing_bias", dtypes=(torch.float32, torch.bfloat16), ndim=1)
+        _check_on(routing_bias, "routing_bias", device)
+        check_shape(routing_bias, "routing_bias", (num_experts,), "[num_experts]")
+    _check_scaling_factor(routed_scaling_factor)
+    _check_bool("norm_topk_prob", norm_topk_prob)
+    validate_routing_replay_out(routing_replay_out, t, top_k, device=device)
+    return method
+
+
+def validate_routed_topk(topk_ids, top_k, num_experts, *, num_tokens: int | None = None,
+                         allow_pair: bool = True, device: torch.device | None = None) -> RoutingInputMode:
+    """Precomputed routing: packed int32 ``[T, top_k]`` (``(expert_id << 16) | bf16 bits``) or, when
+    ``allow_pair``, a tuple ``(ids int32 [T, top_k], weights bf16|f32 [T, top_k])``.
+
+    Returns PackedPrecomputed or UnpackedPrecomputed. Expert id values are not inspected.
+    """
+    e = _check_int("num_experts", num_experts, minimum=1)
+    k = _check_int("top_k", top_k, minimum=1)
+    if k > e:
+        _fail_value("top_k", f"1 <= top_k <= num_experts = {e}", k)
+    if isinstance(topk_ids, tuple):
+        if not allow_pair:
+            _fail_type("topk_ids", "a packed int32 tensor (this entry point takes no (ids, weights) pair)",
+                       "a tuple")
+        if len(topk_ids) != 2:
+            _fail_value("topk_ids", "a packed tensor or an (ids, weights) pair", f"a tuple of {len(topk_ids)}")
+        ids, weights = topk_ids
+        mode = RoutingInputMode.UnpackedPrecomputed
+    else:
+        ids, weights = topk_ids, None
+        mode = RoutingInputMode.PackedPrecomputed
+    check_tensor(ids, "topk_ids", dtypes=(torch.int32,), ndim=2)
+    if device is None:
+        device = ids.device
+    _check_on(ids, "topk_ids", device)
+    t = ids.shape[0] if num_tokens is None else num_tokens
+    if tuple(ids.shape) != (t, k):
+        _fail_value("topk_ids", f"shape [num_tokens, top_k] = [{t}, {k}] (top_k = {k})", tuple(ids.shape))
+    if weights is not None:
+        check_tensor(weights, "topk_weights", dtypes=(torch.bfloat16, torch.float32), ndim=2)
+        _check_on(weights, "topk_weights", device)
+        if tuple(weights.shape) != (t, k):
+            _fail_value("topk_weights", f"shape [num_tokens, top_k] = [{t}, {k}] (top_k = {k})",
+                        tuple(weights.shape))
+    return mode
+
+
+def validate_gemm1_activation(activation_type, gemm1_alpha, gemm1_beta, gemm1_clamp_limit,
+                              local_num_experts: int, *, device: torch.device | None = None) -> ActivationType:
+    """``activation_type`` one of SUPPORTED_ACTIVATIONS; ``gemm1_alpha`` / ``gemm1_beta`` /
+    ``gemm1_clamp_limit`` each None or float32 ``[L]`` contiguous, and only with Swiglu
+    (act = up' * gate' * sigmoid(alpha * gate'), up' = clamp(up, -c, c) + beta, gate' = min(gate, c)).
+    """
+    act = _check_enum("activation_type", activation_type, ActivationType, SUPPORTED_ACTIVATIONS)
+    given = [(n, t) for n, t in (("gemm1_alpha", gemm1_alpha), ("gemm1_beta", gemm1_beta),
+                                  ("gemm1_clamp_limit", gemm1_clamp_limit)) if t is not None]
+    for name, t in given:
+        if act != ActivationType.Swiglu:
+            _fail_value(name, "None unless activation_type is Swiglu", f"a tensor with activation_type {act.name}")
+        check_tensor(t, name, dtypes=(torch.float32,), ndim=1)
+        _check_on(t, name, device)
+        check_shape(t, name, (local_num_experts,), "[local_num_experts]")
+    return act
+
+
+def validate_gemm1_lora_delta(gemm1_lora_delta, *, num_tokens: int, top_k: int, intermediate_size: int,
+                              activation_type=ActivationType.Swiglu, device: torch.device | None = None) -> None:
+    """None, or bf16 ``[T, top_k, 2I]`` added to FC1 before a gated activation (Swiglu only)."""
+    if gemm1_lora_delta is None:
+        return
+    act = _check_enum("activation_type", activation_type, ActivationType, SUPPORTED_ACTIVATIONS)
+    if not act.is_gated:
+        _fail_value("gemm1_lora_delta", "None unless the activation is gated (Swiglu)",
+                    f"a tensor with activation_type {act.name}")
+    check_tensor(gemm1_lora_delta, "gemm1_lora_delta", dtypes=(torch.bfloat16,), ndim=3)
+    _check_on(gemm1_lora_delta, "gemm1_lora_delta", device)
+    check_shape(gemm1_lora_delta, "gemm1_lora_delta", (num_tokens, top_k, 2 * intermediate_size),
+                "[num_tokens, top_k, 2 * intermediate_size]")
+    check_aligned(gemm1_lora_delta, "gemm1_lora_delta")
+
+
+def validate_output(output, *, num_tokens: int, hidden_size: int, do_finalize: bool,
+                    device: torch.device | None = None) -> None:
+    """None, or (when ``do_finalize``) bf16 ``[T, H]`` contiguous and aligned. Without
+    ``do_finalize`` the buffer is not written and not checked."""
+    if output is None or not do_finalize:
+        return
+    check_tensor(output, "output", dtypes=(torch.bfloat16,), ndim=2)
+    _check_on(output, "output", device)
+    check_shape(output, "output", (num_tokens, hidden_size), "[num_tokens, hidden_size]")
+    check_aligned(output, "output")
+
+
+def _check_multiple(name: str, value: int, multiple: int, why: str) -> None:
+    if value % multiple:
+        _fail_value(name, f"a multiple of {multiple} ({why})", value)
+
+
+def validate_bf16_layout_flags(use_shuffled_weight, weight_layout) -> None:
+    """bf16 weights must be the shuffled BlockMajorK layout (the only prepared layout read)."""
+    if not _check_bool("use_shuffled_weight", use_shuffled_weight):
+        _fail_value("use_shuffled_weight", "True (weights prepared with the row shuffle)", use_shuffled_weight)
+    _check_enum("weight_layout", weight_layout, WeightLayout, (WeightLayout.BlockMajorK,))
+
+
+def validate_bf16_weights(gemm1_weights, gemm2_weights, *, hidden_size: int, intermediate_size: int,
+                          local_num_experts: int, activation_type=ActivationType.Swiglu,
+                          device: torch.device | None = None,
+                          intermediate_multiple: int = INTERMEDIATE_MULTIPLE,
+                          k_block: int = BF16_K_BLOCK) -> None:
+    """``I % intermediate_multiple == 0``, ``H % k_block == 0``, ``I % k_block == 0``;
+    bf16 ``gemm1_weights [L, H/k_block, M, k_block]``, ``gemm2_weights [L, I/k_block, H, k_block]``
+    with ``M = 2I`` (gated) or ``I``; contiguous, aligned, on ``device``."""
+    h = _check_int("hidden_size", hidden_size, minimum=1)
+    i = _check_int("intermediate_size", intermediate_size, minimum=1)
+    _check_multiple("intermediate_size", i, intermediate_multiple, "FC1 row tile")
+    _check_multiple("intermediate_size", i, k_block, f"FC2 K blocks of {k_block} bf16")
+    _check_multiple("hidden_size", h, k_block, f"FC1 K blocks of {k_block} bf16")
+    gated = _check_enum("activation_type", activation_type, ActivationType, SUPPORTED_ACTIVATIONS).is_gated
+    m, m_name = (2 * i, "2I") if gated else (i, "I")
+    _vector_tensor(gemm1_weights, "gemm1_weights", (torch.bfloat16,), device)
+    check_shape(gemm1_weights, "gemm1_weights", (local_num_experts, h // k_block, m, k_block),
+                f"[L, H/{k_block}, {m_name}, {k_block}]")
+    _vector_tensor(gemm2_weights, "gemm2_weights", (torch.bfloat16,), device)
+    check_shape(gemm2_weights, "gemm2_weights", (local_num_experts, i // k_block, h, k_block),
+                f"[L, I/{k_block}, H, {k_block}]")
+
+
+def validate_mxint4_weights(gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, *,
+                            hidden_size: int, intermediate_size: int, local_num_experts: int,
+                            device: torch.device | None = None,
+                            intermediate_multiple: int = INTERMEDIATE_MULTIPLE,
+                            k_block: int = MXINT4_K_BLOCK) -> None:
+    """``H % k_block == 0``, ``I % k_block == 0`` (k_block int4 values = 128 bytes),
+    ``I % intermediate_multiple == 0``;
+    uint8 ``gemm1_weights [L, H/256, 2I, 128]``, ``gemm2_weights [L, I/256, H, 128]``;
+    bf16 ``gemm1_weights_scale [L, 2I*H/32]``, ``gemm2_weights_scale [L, H*I/32]``."""
+    h = _check_int("hidden_size", hidden_size, minimum=1)
+    i = _check_int("intermediate_size", intermediate_size, minimum=1)
+    _check_multiple("intermediate_size", i, intermediate_multiple, "FC1 row tile")
+    _check_multiple("intermediate_size", i, k_block, f"FC2 K blocks of {k_block} int4")
+    _check_multiple("hidden_size", h, k_block, f"FC1 K blocks of {k_block} int4")
+    block_bytes = k_block // 2
+    g = MXINT4_GROUP
+    _vector_tensor(gemm1_weights, "gemm1_weights", (torch.uint8,), device)
+    check_shape(gemm1_weights, "gemm1_weights", (local_num_experts, h // k_block, 2 * i, block_bytes),
+                f"[L, H/{k_block}, 2I, {block_bytes}]")
+    _vector_tensor(gemm1_weights_scale, "gemm1_weights_scale", (torch.bfloat16,), device)
+    check_shape(gemm1_weights_scale, "gemm1_weights_scale", (local_num_experts, 2 * i * h // g),
+                f"[L, 2I*H/{g}]")
+    _vector_tensor(gemm2_weights, "gemm2_weights", (torch.uint8,), device)
+    check_shape(gemm2_weights, "gemm2_weights", (local_num_experts, i // k_block, h, block_bytes),
+                f"[L, I/{k_block}, H, {block_bytes}]")
+    _vector_tensor(gemm2_weights_scale, "gemm2_weights_scale", (torch.bfloat16,), device)
+    check_shape(gemm2_weights_scale, "gemm2_weights_scale", (local_num_experts, h * i // g),
+                f"[L, H*I/{g}]")
+
+
+# ---------------------------------------------------------------------------------------------
+# One check per entry-point family
+# ---------------------------------------------------------------------------------------------
+
+
+def _validate_routing_input(*, routing_logits, routing_bias, topk_ids, allow_pair, num_tokens, device,
+                            num_experts, top_k, n_group, topk_group, local_expert_offset,
+                            local_num_experts, routed_scaling_factor, routing_method_type,
+                            norm_topk_prob, routing_replay_out) -> RoutingInputMode:
+    if routing_logits is not None and topk_ids is not None:
+        _fail_value("topk_ids", "None when routing_logits is given (one routing source)", "both")
+    if topk_ids is None:
+        validate_routing_args(routing_logits, routing_bias, num_experts, top_k, n_group, topk_group,
+                              routing_method_type, routed_scaling_factor, routing_replay_out,
+                              num_tokens=num_tokens, local_expert_offset=local_expert_offset,
+                              local_num_experts=local_num_experts, norm_topk_prob=norm_topk_prob,
+                              device=device)
+        return RoutingInputMode.FromLogits
+    if routing_bias is not None:
+        _fail_value("routing_bias", "None with precomputed topk_ids", "a tensor")
+    validate_expert_range(num_experts, top_k, local_expert_offset, local_num_experts)
+    validate_routing_method(routing_method_type, num_experts, top_k, n_group, topk_group, from_logits=False)
+    _check_scaling_factor(routed_scaling_factor)
+    mode = validate_routed_topk(topk_ids, top_k, num_experts, num_tokens=num_tokens,
+                                allow_pair=allow_pair, device=device)
+    validate_routing_replay_out(routing_replay_out, num_tokens, top_k, device=device)
+    return mode
+
+
+def validate_bf16_moe_args(*, hidden_states, gemm1_weights, gemm2_weights, num_experts, top_k, n_group,
+                           topk_group, intermediate_size, local_expert_offset, local_num_experts,
+                           routing_logits=None, routing_bias=None, topk_ids=None,
+                           routed_scaling_factor=None, routing_method_type=0, use_shuffled_weight=True,
+                           weight_layout=WeightLayout.BlockMajorK, do_finalize=True,
+                           activation_type=ActivationType.Swiglu, norm_topk_prob=True,
+                           routing_replay_out=None, gemm1_alpha=None, gemm1_beta=None,
+                           gemm1_clamp_limit=None, gemm1_lora_delta=None, output=None,
+                           require_cuda: bool = True, intermediate_multiple: int = INTERMEDIATE_MULTIPLE,
+                           k_block: int = BF16_K_BLOCK) -> RoutingInputMode:
+    """All arguments of ``trtllm_bf16_moe`` (``routing_logits`` given) or ``trtllm_bf16_routed_moe``
+    (``topk_ids`` given: packed tensor or ``(ids, weights)`` pair). Returns the routing input mode."""
+    t, h, device = validate_hidden_states(hidden_states, require_cuda=require_cuda)
+    mode = _validate_routing_input(
+        routing_logits=routing_logits, routing_bias=routing_bias, topk_ids=topk_ids, allow_pair=True,
+        num_tokens=t, device=device, num_experts=num_experts, top_k=top_k, n_group=n_group,
+        topk_group=topk_group, local_expert_offset=local_expert_offset,
+        local_num_experts=local_num_experts, routed_scaling_factor=routed_scaling_factor,
+        routing_method_type=routing_method_type, norm_topk_prob=norm_topk_prob,
+        routing_replay_out=routing_replay_out)
+    act = validate_gemm1_activation(activation_type, gemm1_alpha, gemm1_beta, gemm1_clamp_limit,
+                                    local_num_experts, device=device)
+    validate_bf16_layout_flags(use_shuffled_weight, weight_layout)
+    validate_bf16_weights(gemm1_weights, gemm2_weights, hidden_size=h, intermediate_size=intermediate_size,
+                          local_num_experts=local_num_experts, activation_type=act, device=device,
+                          intermediate_multiple=intermediate_multiple, k_block=k_block)
+    validate_gemm1_lora_delta(gemm1_lora_delta, num_tokens=t, top_k=top_k, intermediate_size=intermediate_size,
+                              activation_type=act, device=device)
+    validate_output(output, num_tokens=t, hidden_size=h, do_finalize=_check_bool("do_finalize", do_finalize),
+                    device=device)
+    return mode
+
+
+def validate_mxint4_moe_args(*, hidden_states, gemm1_weights, gemm1_weights_scale, gemm2_weights,
+                             gemm2_weights_scale, num_experts, top_k, n_group, topk_group, intermediate_size,
+                             local_expert_offset, local_num_experts, routing_logits=None, routing_bias=None,
+                             topk_ids=None, gemm1_alpha=None, gemm1_beta=None, gemm1_clamp_limit=None,
+                             routed_scaling_factor=None, routing_method_type=0, do_finalize=True,
+                             norm_topk_prob=True, routing_replay_out=None, gemm1_lora_delta=None,
+                             output=None, require_cuda: bool = True,
+                             intermediate_multiple: int = INTERMEDIATE_MULTIPLE,
+                             k_block: int = MXINT4_K_BLOCK) -> RoutingInputMode:
+    """All arguments of ``trtllm_mxint4_block_scale_moe`` (``routing_logits`` given) or
+    ``trtllm_mxint4_block_scale_routed_moe`` (packed ``topk_ids`` given; no pair). The activation is
+    always Swiglu. Returns the routing input mode."""
+    t, h, device = validate_hidden_states(hidden_states, require_cuda=require_cuda)
+    mode = _validate_routing_input(
+        routing_logits=routing_logits, routing_bias=routing_bias, topk_ids=topk_ids, allow_pair=False,
+        num_tokens=t, device=device, num_experts=num_experts, top_k=top_k, n_group=n_group,
+        topk_group=topk_group, local_expert_offset=local_expert_offset,
+        local_num_experts=local_num_experts, routed_scaling_factor=routed_scaling_factor,
+        routing_method_type=routing_method_type, norm_topk_prob=norm_topk_prob,
+        routing_replay_out=routing_replay_out)
+    validate_gemm1_activation(ActivationType.Swiglu, gemm1_alpha, gemm1_beta, gemm1_clamp_limit,
+                              local_num_experts, device=device)
+    validate_mxint4_weights(gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale,
+                            hidden_size=h, intermediate_size=intermediate_size,
+                            local_num_experts=local_num_experts, device=device,
+                            intermediate_multiple=intermediate_multiple, k_block=k_block)
+    validate_gemm1_lora_delta(gemm1_lora_delta, num_tokens=t, top_k=top_k, intermediate_size=intermediate_size,
+                              activation_type=ActivationType.Swiglu, device=device)
+    validate_output(output, num_tokens=t, hidden_size=h, do_finalize=_check_bool("do_finalize", do_finalize),
+                    device=device)
+    return mode
+
+
+def validate_moe_call(call, *, require_cuda: bool = True) -> RoutingInputMode:
+    """``validate_bf16_moe_args`` or ``validate_mxint4_moe_args`` on the fields of a
+    ``cute_moe.pipeline.MoeCall`` (``call.weights.kind`` picks which)."""
+    mode = RoutingInputMode(int(call.mode))
+    if mode == RoutingInputMode.FromLogits:
+        routing = dict(routing_logits=call.routing_logits, routing_bias=call.routing_bias)
+    elif mode == RoutingInputMode.PackedPrecomputed:
+        if call.topk_weights is not None:
+            _fail_value("topk_weights", "None with packed topk_ids", "a tensor")
+        routing = dict(topk_ids=call.topk_ids)
+    else:
+        routing = dict(topk_ids=(call.topk_ids, call.topk_weights))
+    common = dict(
+        hidden_states=call.hidden_states, num_experts=call.num_experts, top_k=call.top_k,
+        n_group=call.n_group, topk_group=call.topk_group, intermediate_size=call.intermediate_size,
+        local_expert_offset=call.local_expert_offset, local_num_experts=call.local_num_experts,
+        routed_scaling_factor=call.routed_scaling_factor, routing_method_type=call.routing_method_type,
+        do_finalize=call.do_finalize, norm_topk_prob=call.norm_topk_prob,
+        routing_replay_out=call.routing_replay_out, gemm1_alpha=call.gemm1_alpha, gemm1_beta=call.gemm1_beta,
+        gemm1_clamp_limit=call.gemm1_clamp_limit, gemm1_lora_delta=call.gemm1_lora_delta,
+        output=call.output, require_cuda=require_cuda, **routing)
+    w = call.weights
+    if w.kind == "bf16":
+        return validate_bf16_moe_args(gemm1_weights=w.gemm1, gemm2_weights=w.gemm2,
+                                      activation_type=call.activation_type, **common)
+    if w.kind == "mxint4":
+        if int(call.activation_type) != int(ActivationType.Swiglu):
+            _fail_value("activation_type", "Swiglu for mxint4 weights", call.activation_type)
+        return validate_mxint4_moe_args(gemm1_weights=w.gemm1, gemm1_weights_scale=w.gemm1_scale,
+                                        gemm2_weights=w.gemm2, gemm2_weights_scale=w.gemm2_scale, **common)
+    _fail_value("weights", 'kind "bf16" or "mxint4"', repr(w.kind))
