@@ -1,0 +1,1 @@
+"""Benchmark building blocks: presets, device ceilings, floors, peers, timing."""

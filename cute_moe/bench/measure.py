@@ -1,0 +1,71 @@
+"""Timing on the GPU: ceilings of the device and median times of CUDA-graph replays.
+
+Times come from CUDA events around graph replays (launch gaps removed), after warm-up,
+median of many repetitions. Callers pass several input sets; one replay runs the function
+once per set, so weights and activations that would otherwise stay in L2 are rotated out.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    copy_bytes_per_s: float  # device-to-device copy, bytes read + written per second
+    bf16_flops_per_s: float  # dense bf16 matmul (torch / cuBLAS), 8192^3
+
+
+def _median_ms(fn: Callable[[], None], reps: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for s, e in zip(starts, ends):
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+
+
+def measure_ceilings(copy_bytes: int = 2 << 30, matmul_n: int = 8192) -> Ceilings:
+    src = torch.empty(copy_bytes // 2, dtype=torch.bfloat16, device="cuda").uniform_()
+    dst = torch.empty_like(src)
+    copy_ms = _median_ms(lambda: dst.copy_(src), reps=30, warmup=5)
+    del src, dst
+    a = torch.randn(matmul_n, matmul_n, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn_like(a)
+    mm_ms = _median_ms(lambda: torch.mm(a, b), reps=30, warmup=5)
+    return Ceilings(copy_bytes_per_s=2 * copy_bytes / (copy_ms * 1e-3),
+                    bf16_flops_per_s=2 * matmul_n**3 / (mm_ms * 1e-3))
+
+
+def time_graph(calls: Sequence[Callable[[], None]], reps: int = 50, warmup: int = 5) -> float:
+    """Median microseconds of one call, from a CUDA graph that runs every call once per replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for call in calls:  # eager warm-up: compiles kernels, allocates pools
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    return _median_ms(graph.replay, reps=reps, warmup=warmup) * 1e3 / len(calls)
+
+
+def time_eager(calls: Sequence[Callable[[], None]], reps: int = 20, warmup: int = 3) -> float:
+    """Median microseconds of one call, eager (for code that synchronizes with the host)."""
+
+    def run_all():
+        for call in calls:
+            call()
+
+    return _median_ms(run_all, reps=reps, warmup=warmup) * 1e3 / len(calls)
