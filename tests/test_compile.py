@@ -8,12 +8,31 @@ substrings). Kernel modules add their variants here, one line each.
 import pytest
 
 from cute_moe.kernels import runtime
+from cute_moe.enums import RoutingMethodType as RM
+from cute_moe.kernels import combine as combine_k, plan as plan_k, routing as routing_k
 from cute_moe.kernels import topk_pack
 
 VARIANTS = [
     ("pack_topk_bf16", lambda: topk_pack.PackTopk(False), lambda: topk_pack.pack_example_args(False), ["st.global.b32"]),
     ("pack_topk_f32", lambda: topk_pack.PackTopk(True), lambda: topk_pack.pack_example_args(True), ["st.global.b32"]),
     ("unpack_topk", topk_pack.UnpackTopk, topk_pack.unpack_example_args, ["shr.s32", "st.global.b16"]),
+    ("route_renormalize_e256_k8_f32", lambda: routing_k.RouteTopk(RM.Renormalize, 256, 8, True, None),
+     lambda: routing_k.route_example_args(True, None), ["redux.sync.max.s32", "redux.sync.min.s32", "ex2.approx"]),
+    ("route_deepseek_grouped_e256_k8_bf16_bias", lambda: routing_k.RouteTopk(RM.DeepSeekV3, 256, 8, False, "bf16", 8, 4),
+     lambda: routing_k.route_example_args(False, "bf16"), ["redux.sync.max.s32", "vote.sync.ballot.b32"]),
+    ("route_default_e72_k4_bf16_replay", lambda: routing_k.RouteTopk(RM.Default, 72, 4, False, None, write_replay=True),
+     lambda: routing_k.route_example_args(False, None), ["redux.sync.min.s32", "div.rn.f32", "st.global.b16"]),
+    ("route_llama4_e128_k1", lambda: routing_k.RouteTopk(RM.Llama4, 128, 1, True, None),
+     lambda: routing_k.route_example_args(True, None), ["redux.sync.max.s32"]),
+    ("plan_single_cta", plan_k.PlanSingleCta, plan_k.single_cta_example_args,
+     ["match.any.sync.b32", "atom.shared.add", "bar.sync"]),
+    ("plan_count_chunks", plan_k.PlanCountChunks, plan_k.count_example_args, ["atom.shared.add"]),
+    ("plan_scan", plan_k.PlanScan, plan_k.scan_example_args, ["shfl.sync.up", "bar.sync"]),
+    ("plan_scatter_chunks", plan_k.PlanScatterChunks, plan_k.scatter_example_args, ["match.any.sync.b32"]),
+    ("combine_k8_bf16w", lambda: combine_k.CombineRows(8, False), lambda: combine_k.combine_example_args(False),
+     ["ld.global.v4", "st.global.v4", "fma.rn.f32"]),
+    ("combine_k1_f32w", lambda: combine_k.CombineRows(1, True), lambda: combine_k.combine_example_args(True),
+     ["ld.global.v4", "st.global.v4"]),
 ]
 
 

@@ -1,0 +1,183 @@
+"""The GPU plan builder against ``reference_plan`` and the plan invariants, on fresh random routings."""
+
+import pytest
+import torch
+
+from cute_moe.plan import MoePlan, PlanShape
+from cute_moe.reference import reference_plan
+from cute_moe.routing import build_plan
+
+POISON = -7
+
+
+def _random_ids(t, k, num_experts, gen, device="cuda"):
+    """k distinct global experts per token, uniform."""
+    if t == 0:
+        return torch.empty(0, k, dtype=torch.int32, device=device)
+    ids = torch.rand(t, num_experts, generator=gen).argsort(dim=1)[:, :k]
+    return ids.to(torch.int32).to(device)
+
+
+def _poisoned_plan(shape, device="cuda"):
+    plan = MoePlan.empty(shape, device)
+    for name in ("expert_counts", "expert_offsets", "expanded_idx_to_permuted_idx",
+                 "permuted_idx_to_expanded_idx", "tile_info", "counters"):
+        getattr(plan, name).fill_(POISON)
+    return plan
+
+
+def _check_invariants(plan, ids, offset, num_local, tile_rows):
+    """Every local pair exactly once, rows of one expert contiguous and in pair order, padding -1,
+    tiles cover exactly the padded segments."""
+    t, k = ids.shape
+    n = t * k
+    counts = plan.expert_counts[:num_local].long().cpu()
+    offsets = plan.expert_offsets[: num_local + 1].long().cpu()
+    num_tiles, rows = (int(v) for v in plan.counters[:2].cpu())
+    assert plan.counters[2:].cpu().tolist() == [0, 0]
+    assert offsets[0] == 0 and offsets[-1] == rows
+    padded = (counts + tile_rows - 1) // tile_rows * tile_rows
+    assert torch.equal(offsets[1:] - offsets[:-1], padded)
+    assert rows <= plan.shape.max_padded_rows and num_tiles <= plan.shape.max_tiles
+
+    flat = ids.reshape(-1).long().cpu() - offset
+    local = (flat >= 0) & (flat < num_local)
+    assert torch.equal(counts, torch.bincount(flat[local], minlength=num_local)[:num_local])
+    e2p = plan.expanded_idx_to_permuted_idx[:n].long().cpu()
+    p2e = plan.permuted_idx_to_expanded_idx[:rows].long().cpu()
+    assert bool((e2p[~local] == -1).all())
+    pairs = torch.arange(n)
+    assert bool((p2e[e2p[local]] == pairs[local]).all())  # each local pair exactly once
+    for e in torch.nonzero(counts).reshape(-1).tolist():
+        seg = p2e[offsets[e]: offsets[e] + counts[e]]
+        assert bool((flat[seg] == e).all())
+        assert bool((seg[1:] > seg[:-1]).all())  # (token, slot) order
+        assert bool((p2e[offsets[e] + counts[e]: offsets[e + 1]] == -1).all())
+    if num_tiles:
+        tiles = plan.tile_info[:num_tiles].long().cpu()
+        assert bool((tiles[:, 3] == 0).all())
+        assert bool(((tiles[:, 2] >= 1) & (tiles[:, 2] <= tile_rows)).all())
+        assert int(tiles[:, 2].sum()) == int(counts.sum())
+        assert bool((tiles[1:, 0] >= tiles[:-1, 0]).all())
+
+
+def _check_equal_reference(plan, ref):
+    n = plan.shape.num_pairs
+    num_local = plan.shape.local_num_experts
+    assert torch.equal(plan.counters.cpu(), ref.counters.cpu())
+    num_tiles, rows = (int(v) for v in ref.counters[:2].cpu())
+    assert torch.equal(plan.expert_counts[:num_local].cpu(), ref.expert_counts[:num_local].cpu())
+    assert torch.equal(plan.expert_offsets.cpu(), ref.expert_offsets.cpu())
+    assert torch.equal(plan.expanded_idx_to_permuted_idx[:n].cpu(), ref.expanded_idx_to_permuted_idx[:n].cpu())
+    assert torch.equal(plan.permuted_idx_to_expanded_idx[:rows].cpu(), ref.permuted_idx_to_expanded_idx[:rows].cpu())
+    assert torch.equal(plan.tile_info[:num_tiles].cpu(), ref.tile_info[:num_tiles].cpu())
+
+
+def _run(ids, k, offset, num_local, tile_rows, launch="auto"):
+    shape = PlanShape(ids.shape[0], k, num_local, tile_rows)
+    plan = build_plan(ids, k, offset, num_local, tile_rows, plan=_poisoned_plan(shape), launch=launch)
+    ref = reference_plan(ids, k, offset, num_local, tile_rows)
+    _check_equal_reference(plan, ref)
+    _check_invariants(plan, ids, offset, num_local, tile_rows)
+    return plan
+
+
+# (T, K, E, local_expert_offset, L, tile_rows)
+CASES = [
+    (0, 8, 256, 0, 256, 64),
+    (1, 8, 256, 0, 256, 64),
+    (1, 1, 8, 2, 4, 8),
+    (7, 4, 64, 16, 32, 16),
+    (128, 8, 256, 0, 256, 128),
+    (300, 8, 256, 64, 64, 8),  # non-local experts
+    (1000, 6, 64, 0, 512, 16),  # more local slots than experts: many empty
+    (4096, 8, 256, 0, 256, 64),
+    (4096, 22, 512, 0, 512, 128),
+    (20000, 8, 384, 128, 128, 32),
+    (65536, 8, 256, 0, 256, 128),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t,k,e,offset,num_local,tile_rows", CASES)
+def test_plan_matches_reference(t, k, e, offset, num_local, tile_rows, seeded):
+    ids = _random_ids(t, k, e, seeded)
+    _run(ids, k, offset, num_local, tile_rows)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t,k", [(1, 8), (900, 8), (1024, 8), (5000, 4)])
+def test_single_cta_and_chunked_agree(t, k, seeded):
+    ids = _random_ids(t, k, 128, seeded)
+    a = _run(ids, k, 0, 128, 16, launch="single_cta")
+    b = _run(ids, k, 0, 128, 16, launch="chunked")
+    rows = int(a.counters[1])
+    assert torch.equal(a.expanded_idx_to_permuted_idx, b.expanded_idx_to_permuted_idx)
+    assert torch.equal(a.permuted_idx_to_expanded_idx[:rows], b.permuted_idx_to_expanded_idx[:rows])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t", [1, 100, 65536])
+def test_one_hot_expert(t, seeded):
+    """Every token's first slot on the same expert (one expert gets T rows, many tiles)."""
+    k, e = 8, 256
+    ids = _random_ids(t, k, e, seeded)
+    hot = int(torch.randint(0, e, (1,), generator=seeded))
+    ids = torch.where(ids == hot, ids[:, :1], ids)  # keep slots distinct
+    ids[:, 0] = hot
+    plan = _run(ids, k, 0, e, 128)
+    assert int(plan.expert_counts[hot]) == t
+
+
+@pytest.mark.gpu
+def test_all_pairs_non_local(seeded):
+    ids = _random_ids(500, 4, 64, seeded)  # experts 0..63, local range 64..127
+    plan = _run(ids, 4, 64, 64, 32)
+    assert plan.counters.cpu().tolist() == [0, 0, 0, 0]
+    assert bool((plan.expanded_idx_to_permuted_idx == -1).all())
+
+
+@pytest.mark.gpu
+def test_plan_is_deterministic(seeded):
+    ids = _random_ids(30000, 8, 256, seeded)
+    a = build_plan(ids, 8, 0, 256, 64)
+    b = build_plan(ids, 8, 0, 256, 64)
+    rows, tiles = int(a.counters[1]), int(a.counters[0])
+    assert torch.equal(a.expanded_idx_to_permuted_idx, b.expanded_idx_to_permuted_idx)
+    assert torch.equal(a.permuted_idx_to_expanded_idx[:rows], b.permuted_idx_to_expanded_idx[:rows])
+    assert torch.equal(a.tile_info[:tiles], b.tile_info[:tiles])
+
+
+# --------------------------------------------------------------------------- bad input (CPU)
+
+
+def test_build_plan_rejects_bad_input():
+    ids = torch.zeros(4, 2, dtype=torch.int32)
+    with pytest.raises(TypeError, match="topk_ids"):
+        build_plan(ids.long(), 2, 0, 8, 16)
+    with pytest.raises(ValueError, match="topk_ids"):
+        build_plan(ids, 3, 0, 8, 16)
+    with pytest.raises(ValueError, match="topk_ids"):
+        build_plan(ids.reshape(-1), 2, 0, 8, 16)
+    with pytest.raises(ValueError, match="local_num_experts"):
+        build_plan(ids, 2, 0, 513, 16)
+    with pytest.raises(ValueError, match="tile_rows"):
+        build_plan(ids, 2, 0, 8, 0)
+    with pytest.raises(TypeError, match="local_expert_offset"):
+        build_plan(ids, 2, 1.5, 8, 16)
+    with pytest.raises(ValueError, match="CUDA"):
+        build_plan(ids, 2, 0, 8, 16)
+    wrong = MoePlan.empty(PlanShape(4, 2, 8, 32), "cpu")
+    with pytest.raises(ValueError, match="CUDA"):
+        build_plan(ids, 2, 0, 8, 16, plan=wrong)
+    with pytest.raises(ValueError, match="launch"):
+        build_plan(ids, 2, 0, 8, 16, launch="fast")
+
+
+@pytest.mark.gpu
+def test_build_plan_rejects_mismatched_plan():
+    ids = torch.zeros(4, 2, dtype=torch.int32, device="cuda")
+    with pytest.raises(ValueError, match="plan"):
+        build_plan(ids, 2, 0, 8, 16, plan=MoePlan.empty(PlanShape(4, 2, 8, 32), "cuda"))
+    with pytest.raises(TypeError, match="plan"):
+        build_plan(ids, 2, 0, 8, 16, plan=object())
