@@ -35,7 +35,8 @@ import torch
 
 from . import validate
 from .enums import ActivationType, RoutingInputMode, WeightLayout
-from .pipeline import ExpertWeights, MoeCall, run_moe
+from .ops import call_fused_moe
+from .pipeline import ExpertWeights, MoeCall
 
 
 def trtllm_bf16_moe(
@@ -82,7 +83,7 @@ def trtllm_bf16_moe(
         do_finalize=do_finalize, output=output, gemm_variant=gemm_variant,
     )
     validate.validate_bf16_layout_flags(use_shuffled_weight, weight_layout)
-    result = run_moe(call)
+    result = call_fused_moe(call)
     return result[0] if do_finalize else result
 
 
@@ -130,7 +131,7 @@ def trtllm_bf16_routed_moe(
         do_finalize=do_finalize, output=output, gemm_variant=gemm_variant,
     )
     validate.validate_bf16_layout_flags(use_shuffled_weight, weight_layout)
-    result = run_moe(call)
+    result = call_fused_moe(call)
     return result[0] if do_finalize and gemm1_lora_delta is None else result
 
 
@@ -177,7 +178,7 @@ def trtllm_mxint4_block_scale_moe(
         gemm1_alpha=gemm1_alpha, gemm1_beta=gemm1_beta, gemm1_clamp_limit=gemm1_clamp_limit,
         do_finalize=do_finalize, output=output, gemm_variant=gemm_variant,
     )
-    return run_moe(call)
+    return call_fused_moe(call)
 
 
 def trtllm_mxint4_block_scale_routed_moe(
@@ -219,7 +220,7 @@ def trtllm_mxint4_block_scale_routed_moe(
         gemm1_clamp_limit=gemm1_clamp_limit, do_finalize=do_finalize, output=output,
         gemm_variant=gemm_variant,
     )
-    return run_moe(call)
+    return call_fused_moe(call)
 
 
 def _split_routed(topk_ids):

@@ -1,0 +1,116 @@
+"""The fused MoE as a torch.library custom op, so torch.compile traces through it and CUDA graphs
+capture it.
+
+``cute_moe::fused_moe`` takes the flattened ``MoeCall`` (see cute_moe.pipeline). It writes the
+caller's ``output`` (do_finalize) and ``routing_replay_out`` in place and returns only freshly
+allocated tensors; the entry points in cute_moe.moe put FlashInfer's return list together.
+The fake implementation derives every shape from the arguments alone: the permuted row count
+follows from the selector's tile height, itself a function of shapes.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+from .enums import RoutingInputMode
+from .pipeline import ExpertWeights, MoeCall, run_moe
+from .plan import PlanShape
+
+
+@torch.library.custom_op("cute_moe::fused_moe", mutates_args=("output", "routing_replay_out"))
+def fused_moe(
+    mode: int,
+    hidden_states: torch.Tensor,
+    weight_kind: str,
+    gemm1: torch.Tensor,
+    gemm1_scale: Optional[torch.Tensor],
+    gemm2: torch.Tensor,
+    gemm2_scale: Optional[torch.Tensor],
+    routing_logits: Optional[torch.Tensor],
+    routing_bias: Optional[torch.Tensor],
+    topk_ids: Optional[torch.Tensor],
+    topk_weights: Optional[torch.Tensor],
+    routing_replay_out: Optional[torch.Tensor],
+    gemm1_lora_delta: Optional[torch.Tensor],
+    gemm1_alpha: Optional[torch.Tensor],
+    gemm1_beta: Optional[torch.Tensor],
+    gemm1_clamp_limit: Optional[torch.Tensor],
+    output: Optional[torch.Tensor],
+    num_experts: int,
+    top_k: int,
+    n_group: Optional[int],
+    topk_group: Optional[int],
+    intermediate_size: int,
+    local_expert_offset: int,
+    local_num_experts: int,
+    routed_scaling_factor: Optional[float],
+    routing_method_type: int,
+    activation_type: int,
+    norm_topk_prob: bool,
+    do_finalize: bool,
+    gemm_variant: Optional[str],
+) -> List[torch.Tensor]:
+    call = MoeCall(
+        mode=RoutingInputMode(mode), hidden_states=hidden_states,
+        weights=ExpertWeights(weight_kind, gemm1, gemm2, gemm1_scale, gemm2_scale),
+        num_experts=num_experts, top_k=top_k, n_group=n_group, topk_group=topk_group,
+        intermediate_size=intermediate_size, local_expert_offset=local_expert_offset,
+        local_num_experts=local_num_experts, routed_scaling_factor=routed_scaling_factor,
+        routing_method_type=routing_method_type, activation_type=activation_type,
+        norm_topk_prob=norm_topk_prob, routing_logits=routing_logits, routing_bias=routing_bias,
+        topk_ids=topk_ids, topk_weights=topk_weights, routing_replay_out=routing_replay_out,
+        gemm1_lora_delta=gemm1_lora_delta, gemm1_alpha=gemm1_alpha, gemm1_beta=gemm1_beta,
+        gemm1_clamp_limit=gemm1_clamp_limit, do_finalize=do_finalize, output=output,
+        gemm_variant=gemm_variant,
+    )
+    result = run_moe(call)
+    if do_finalize:
+        return result[1:]  # `output` itself was written in place
+    if result[1] is topk_weights:  # a custom op may not return its own input
+        result[1] = topk_weights.clone()
+    return result
+
+
+@fused_moe.register_fake
+def _fused_moe_fake(mode, hidden_states, weight_kind, gemm1, gemm1_scale, gemm2, gemm2_scale,
+                    routing_logits, routing_bias, topk_ids, topk_weights, routing_replay_out,
+                    gemm1_lora_delta, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, output, num_experts,
+                    top_k, n_group, topk_group, intermediate_size, local_expert_offset, local_num_experts,
+                    routed_scaling_factor, routing_method_type, activation_type, norm_topk_prob,
+                    do_finalize, gemm_variant):
+    from .select import select_config
+
+    t, h = hidden_states.shape
+    config = select_config(num_tokens=t, top_k=top_k, hidden_size=h, intermediate_size=intermediate_size,
+                           local_num_experts=local_num_experts, weight_kind=weight_kind,
+                           device=hidden_states.device, variant=gemm_variant)
+    rows = PlanShape(t, top_k, local_num_experts, config.tile_rows).max_padded_rows if t else 0
+    new = hidden_states.new_empty
+    perm = new((t * top_k,), dtype=torch.int32)
+    extra = [new((rows, intermediate_size), dtype=torch.bfloat16)] if gemm1_lora_delta is not None else []
+    if do_finalize:
+        return [perm] + extra if extra else []
+    weights_dtype = topk_weights.dtype if topk_weights is not None else torch.bfloat16
+    return [new((rows, h), dtype=torch.bfloat16), new((t, top_k), dtype=weights_dtype), perm] + extra
+
+
+def call_fused_moe(call: MoeCall) -> List[torch.Tensor]:
+    """Run ``call`` through the custom op and return FlashInfer's list."""
+    output = call.output
+    if call.do_finalize and output is None:
+        output = torch.empty(call.num_tokens, call.hidden_size, dtype=torch.bfloat16,
+                             device=call.hidden_states.device)
+    w = call.weights
+    result = fused_moe(
+        int(call.mode), call.hidden_states, w.kind, w.gemm1, w.gemm1_scale, w.gemm2, w.gemm2_scale,
+        call.routing_logits, call.routing_bias, call.topk_ids, call.topk_weights, call.routing_replay_out,
+        call.gemm1_lora_delta, call.gemm1_alpha, call.gemm1_beta, call.gemm1_clamp_limit, output,
+        call.num_experts, call.top_k, call.n_group, call.topk_group, call.intermediate_size,
+        call.local_expert_offset, call.local_num_experts,
+        None if call.routed_scaling_factor is None else float(call.routed_scaling_factor),
+        int(call.routing_method_type), int(call.activation_type), bool(call.norm_topk_prob),
+        bool(call.do_finalize), call.gemm_variant,
+    )
+    return [output] + list(result) if call.do_finalize else list(result)
