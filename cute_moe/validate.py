@@ -15,8 +15,7 @@ Sizes (``T`` tokens, ``K = top_k``, ``E = num_experts``, ``L = local_num_experts
 
 * routing: ``1 <= K <= E``, ``1 <= L <= E``, ``local_expert_offset >= 0``,
   ``local_expert_offset + L <= E``; per-method limits in ``validate_routing_method``.
-* ``I % 128 == 0`` (FC1 row tile); bf16: ``H % 64 == 0`` and ``I % 64 == 0`` (128-byte K blocks
-  of 64 bf16); mxint4: ``H % 256 == 0`` and ``I % 256 == 0`` (128-byte K blocks of 256 int4).
+* bf16: ``H % 64 == 0`` and ``I % 64 == 0`` (128-byte K blocks of 64 bf16); mxint4: ``H % 256 == 0`` and ``I % 256 == 0`` (128-byte K blocks of 256 int4).
 * prepared bf16 weights (BlockMajorK, rows shuffled): ``gemm1_weights [L, H/64, M, 64]``,
   ``gemm2_weights [L, I/64, H, 64]``.
 * prepared mxint4 weights: ``gemm1_weights uint8 [L, H/256, 2I, 128]``,
@@ -45,7 +44,9 @@ from .layouts.block_major import BLOCK_K_BYTES
 from .layouts.quantize import MXINT4_GROUP
 
 ALIGNMENT_BYTES = 16  # one 128-bit vector load
-INTERMEDIATE_MULTIPLE = 128  # FC1 row tile
+# I must fill whole 64-value K blocks of FC2 and whole 32-row shuffle blocks of FC1; the grouped
+# GEMM handles partial row tiles, so GPT-OSS (I = 2880) runs (FlashInfer itself asks I % 128).
+INTERMEDIATE_MULTIPLE = 64
 BF16_K_BLOCK = BLOCK_K_BYTES // 2  # bf16 values in one BlockMajorK block (64)
 MXINT4_K_BLOCK = BLOCK_K_BYTES * 2  # int4 values in one BlockMajorK block (256)
 
@@ -420,7 +421,7 @@ def validate_bf16_weights(gemm1_weights, gemm2_weights, *, hidden_size: int, int
     with ``M = 2I`` (gated) or ``I``; contiguous, aligned, on ``device``."""
     h = _check_int("hidden_size", hidden_size, minimum=1)
     i = _check_int("intermediate_size", intermediate_size, minimum=1)
-    _check_multiple("intermediate_size", i, intermediate_multiple, "FC1 row tile")
+    _check_multiple("intermediate_size", i, intermediate_multiple, "64-value K block")
     _check_multiple("intermediate_size", i, k_block, f"FC2 K blocks of {k_block} bf16")
     _check_multiple("hidden_size", h, k_block, f"FC1 K blocks of {k_block} bf16")
     gated = _check_enum("activation_type", activation_type, ActivationType, SUPPORTED_ACTIVATIONS).is_gated
@@ -444,7 +445,7 @@ def validate_mxint4_weights(gemm1_weights, gemm1_weights_scale, gemm2_weights, g
     bf16 ``gemm1_weights_scale [L, 2I*H/32]``, ``gemm2_weights_scale [L, H*I/32]``."""
     h = _check_int("hidden_size", hidden_size, minimum=1)
     i = _check_int("intermediate_size", intermediate_size, minimum=1)
-    _check_multiple("intermediate_size", i, intermediate_multiple, "FC1 row tile")
+    _check_multiple("intermediate_size", i, intermediate_multiple, "64-value K block")
     _check_multiple("intermediate_size", i, k_block, f"FC2 K blocks of {k_block} int4")
     _check_multiple("hidden_size", h, k_block, f"FC1 K blocks of {k_block} int4")
     block_bytes = k_block // 2

@@ -20,3 +20,35 @@ def pytest_collection_modifyitems(config, items):
 def seeded():
     """A fresh generator per test: random inputs differ between tests, runs are reproducible."""
     return torch.Generator().manual_seed(torch.initial_seed() % (2**31))
+
+
+_ERRORS = []
+
+
+@pytest.fixture
+def record_error(request):
+    """Record (case, rel err, max abs err) of a GPU comparison; the session prints them all and,
+    with CUTE_MOE_ERROR_REPORT set, writes them there as JSON lines."""
+
+    def record(rel: float, max_abs: float, **extra):
+        _ERRORS.append({"case": request.node.name, "rel": rel, "max_abs": max_abs, **extra})
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _ERRORS:
+        return
+    import json
+    import os
+
+    terminalreporter.section("measured errors vs the float reference")
+    worst = max(_ERRORS, key=lambda e: e["rel"])
+    for e in _ERRORS:
+        terminalreporter.write_line(f"{e['case']:<90} rel {e['rel']:.2e}  max_abs {e['max_abs']:.2e}")
+    terminalreporter.write_line(f"{len(_ERRORS)} comparisons; worst rel {worst['rel']:.2e} ({worst['case']})")
+    path = os.environ.get("CUTE_MOE_ERROR_REPORT")
+    if path:
+        with open(path, "a") as f:
+            for e in _ERRORS:
+                f.write(json.dumps(e) + "\n")

@@ -10,7 +10,11 @@ import pytest
 from cute_moe.kernels import runtime
 from cute_moe.enums import RoutingMethodType as RM
 from cute_moe.kernels import combine as combine_k, plan as plan_k, routing as routing_k
+from cute_moe.kernels import grouped_gemm as gemm_k
 from cute_moe.kernels import topk_pack
+from cute_moe.kernels.gemm_config import TileConfig
+
+MMA_BF16 = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
 
 VARIANTS = [
     ("pack_topk_bf16", lambda: topk_pack.PackTopk(False), lambda: topk_pack.pack_example_args(False), ["st.global.b32"]),
@@ -33,6 +37,11 @@ VARIANTS = [
      ["ld.global.v4", "st.global.v4", "fma.rn.f32"]),
     ("combine_k1_f32w", lambda: combine_k.CombineRows(1, True), lambda: combine_k.combine_example_args(True),
      ["ld.global.v4", "st.global.v4"]),
+    ("gemm_fc1_micro_64x8_swiglu", lambda: gemm_k.GroupedGemm("fc1", TileConfig(64, 8, 4, 1, 8), "m_fastest"),
+     gemm_k.example_args, [MMA_BF16, "ldmatrix.sync.aligned.m8n8.x4", "cp.async.cg.shared.global",
+                           "griddepcontrol.wait"]),
+    ("gemm_fc2_dynamic_256x128", lambda: gemm_k.GroupedGemm("fc2", TileConfig(256, 128, 4, 2, 3), "persistent"),
+     gemm_k.example_args, [MMA_BF16, "ldmatrix.sync.aligned.m8n8.x4", "cp.async.cg.shared.global", "st.global.v4"]),
 ]
 
 

@@ -323,11 +323,11 @@ def test_unreadable_shard(ckpt, tmp_path, capsys):
 
 def test_unaligned_sizes(tmp_path, capsys, seeded):
     src = tmp_path / "ckpt"
-    # I = 192 fits the bf16 prepare (64) but not the FC1 row tile of the entry points (128).
-    write_demo_checkpoint(src, num_layers=1, num_experts=2, hidden_size=256, intermediate_size=192,
+    # I = 96 fills 32-row shuffle blocks but not the 64-value K blocks of the bf16 layout.
+    write_demo_checkpoint(src, num_layers=1, num_experts=2, hidden_size=256, intermediate_size=96,
                           generator=seeded)
     rc, _, err = _run(capsys, src, tmp_path / "out", "--format", "bf16")
-    assert rc == 1 and "intermediate size I = 192" in err and "multiple of 128" in err
+    assert rc == 1 and "intermediate size I = 96" in err and "multiple of 64" in err
     rc, _, err = _run(capsys, src, tmp_path / "out", "--format", "mxint4")
     assert rc == 1 and "multiple of 256" in err and _files(tmp_path / "out") is None
 

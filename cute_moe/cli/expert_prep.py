@@ -49,8 +49,7 @@ def supports(fmt: str, activation: ActivationType) -> bool:
 def size_multiples(fmt: str) -> Tuple[int, int]:
     """(H, I) must be multiples of these for the prepared layout and for the entry points.
 
-    H is a BlockMajorK K (FC1) and a shuffled row count (FC2); I is a K (FC2), a multiple of the
-    FC1 row tile, and ``M = 2I`` or ``I`` a shuffled row count.
+    H is a BlockMajorK K (FC1) and a shuffled row count (FC2); I is a K (FC2) and ``M = 2I`` or ``I`` a shuffled row count.
     """
     block = shuffle_block_size(DEFAULT_EPILOGUE_TILE_M)
     k_block = validate.BF16_K_BLOCK if fmt == "bf16" else validate.MXINT4_K_BLOCK

@@ -1,0 +1,212 @@
+"""Host wrappers of the grouped GEMMs (bf16 prepared weights): FC1 and FC2 of the MoE.
+
+``grouped_gemm_fc1`` (``L`` local experts, ``M = 2I`` gated or ``I``, ``P`` = plan rows)::
+
+    act[r, i] = bf16(act_fn(h)),  h = hidden_states[expanded(r) // top_k] @ W1_e^T (+ delta[expanded(r)])
+
+for every permuted row ``r`` of a plan tile of local expert ``e`` (``r < first_row + num_rows``),
+``W1_e`` the canonical ``[M, H]`` FC1 matrix of ``e`` (rows ``[up; gate]``) that
+``gemm1_weights [L, H/64, M, 64]`` holds prepared (interleaved, shuffled, BlockMajorK), ``act_fn``
+SwiGLU / GPT-OSS SwiGLU / Relu2 (cute_moe.kernels.gemm_epilogue) and ``delta`` the optional
+``gemm1_lora_delta [T, top_k, 2I]`` viewed as ``[T * top_k, 2I]``.
+
+``grouped_gemm_fc2``::
+
+    gemm2_output[r, :] = bf16(act[r] @ W2_e^T),  W2_e = canonical [H, I] behind gemm2_weights [L, I/64, H, 64]
+
+Rows of the outputs that no tile stores (padding, rows past ``rows_in_use``) are left as they were.
+Both launch on the current CUDA stream, never read device values on the host and allocate only
+buffers sized by the plan's shape: CUDA-graph safe. Kernels are cached per (arch, kernel key); the
+key holds the op, tile, schedule and epilogue options, never a token count.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+from typing import Dict, Iterable, Optional, Tuple
+
+import torch
+
+from . import validate
+from .enums import ActivationType
+from .kernels import runtime
+from .kernels.gemm_config import SCHEDULE_OF_VARIANT, GemmConfig, TileConfig
+from .plan import MoePlan
+
+__all__ = ["grouped_gemm_fc1", "grouped_gemm_fc2", "warmup", "fc1_kernel_key", "fc2_kernel_key"]
+
+
+def fc1_kernel_key(tile: TileConfig, variant: str, activation_type, has_lora: bool = False,
+                   has_alpha: bool = False, has_beta: bool = False, has_clamp: bool = False) -> Tuple:
+    return ("grouped_gemm", "fc1", tile, SCHEDULE_OF_VARIANT[variant], int(activation_type), bool(has_lora),
+            bool(has_alpha), bool(has_beta), bool(has_clamp))
+
+
+def fc2_kernel_key(tile: TileConfig, variant: str) -> Tuple:
+    return ("grouped_gemm", "fc2", tile, SCHEDULE_OF_VARIANT[variant], int(ActivationType.Swiglu), False, False,
+            False, False)
+
+
+def _build(key: Tuple):
+    from .kernels.grouped_gemm import GroupedGemm, example_args
+
+    _, op, tile, schedule, act, lora, alpha, beta, clamp = key
+
+    def build():
+        return (GroupedGemm(op, tile, schedule, activation=act, has_lora=lora, has_alpha=alpha, has_beta=beta,
+                            has_clamp=clamp), example_args())
+
+    return build
+
+
+@lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _num_ctas(config: GemmConfig, tile: TileConfig, device: torch.device, max_tiles: int, m: int) -> int:
+    """Persistent grid: ``ctas_per_sm`` CTAs per SM, no more than there are work items."""
+    if config.variant != "dynamic":
+        return 1
+    m_blocks = -(-m // tile.bm)
+    return max(1, min(max_tiles * m_blocks, _sm_count(device.index or 0) * config.ctas_per_sm))
+
+
+def _check_plan(plan: MoePlan, config: GemmConfig, top_k: int, num_tokens: int, device: torch.device) -> None:
+    if not isinstance(plan, MoePlan):
+        raise TypeError(f"plan: expected a cute_moe.plan.MoePlan, got {type(plan).__name__}")
+    if not isinstance(config, GemmConfig):
+        raise TypeError(f"config: expected a GemmConfig, got {type(config).__name__}")
+    s = plan.shape
+    if s.tile_rows != config.tile_rows:
+        raise ValueError(f"plan: tile_rows = {s.tile_rows} must equal the GEMM token tile {config.tile_rows}")
+    if s.top_k != top_k:
+        raise ValueError(f"top_k: expected the plan's top_k = {s.top_k}, got {top_k}")
+    if s.num_tokens != num_tokens:
+        raise ValueError(f"plan: built for {s.num_tokens} tokens, the input has {num_tokens}")
+    for name in ("permuted_idx_to_expanded_idx", "tile_info", "counters"):
+        t = getattr(plan, name)
+        if t.device != device or t.dtype != torch.int32 or not t.is_contiguous():
+            raise ValueError(f"plan.{name}: expected a contiguous int32 tensor on {device}")
+
+
+def _out(out: Optional[torch.Tensor], name: str, rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    if out is None:
+        return torch.empty(rows, cols, dtype=torch.bfloat16, device=device)
+    validate.check_tensor(out, name, dtypes=(torch.bfloat16,), shape=(rows, cols), device=device)
+    validate.check_aligned(out, name)
+    return out
+
+
+def grouped_gemm_fc1(hidden_states: torch.Tensor, plan: MoePlan, gemm1_weights: torch.Tensor, *, top_k: int,
+                     intermediate_size: int, activation_type, config: GemmConfig,
+                     gemm1_weights_scale: Optional[torch.Tensor] = None,
+                     gemm1_alpha: Optional[torch.Tensor] = None, gemm1_beta: Optional[torch.Tensor] = None,
+                     gemm1_clamp_limit: Optional[torch.Tensor] = None,
+                     gemm1_lora_delta: Optional[torch.Tensor] = None,
+                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """FC1 + LoRA delta + activation -> ``act [P, I]`` bf16 in permuted row order (module docstring).
+
+    ``hidden_states [T, H]`` bf16; ``gemm1_weights [L, H/64, M, 64]`` bf16 prepared;
+    ``gemm1_alpha`` / ``gemm1_beta`` / ``gemm1_clamp_limit`` float32 ``[L]`` (Swiglu only, any
+    subset); ``gemm1_lora_delta [T, top_k, 2I]`` bf16 (Swiglu only); ``out [P, I]`` bf16 or None.
+    """
+    if gemm1_weights_scale is not None:
+        raise NotImplementedError("grouped_gemm_fc1 takes bf16 weights; MXINT4 weights need their own kernel")
+    t, h, device = validate.validate_hidden_states(hidden_states)
+    _check_plan(plan, config, top_k, t, device)
+    local = plan.shape.local_num_experts
+    act = validate.validate_gemm1_activation(activation_type, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, local,
+                                             device=device)
+    inter = int(intermediate_size)
+    m = (2 if act.is_gated else 1) * inter
+    validate.check_tensor(gemm1_weights, "gemm1_weights", dtypes=(torch.bfloat16,), device=device)
+    validate.check_shape(gemm1_weights, "gemm1_weights", (local, h // 64, m, 64), "[L, H/64, M, 64]")
+    validate.check_aligned(gemm1_weights, "gemm1_weights")
+    if h % 64 or inter % 64:
+        raise ValueError(f"hidden_size {h} and intermediate_size {inter} must be multiples of 64")
+    validate.validate_gemm1_lora_delta(gemm1_lora_delta, num_tokens=t, top_k=top_k, intermediate_size=inter,
+                                       activation_type=act, device=device)
+    rows = plan.shape.max_padded_rows
+    out = _out(out, "out", rows, inter, device)
+    tile = config.fc1
+    if m % 64:
+        raise ValueError(f"FC1 rows M = {m} must be a multiple of 64")
+    max_tiles = plan.shape.max_tiles
+    if max_tiles == 0:
+        return out
+    key = fc1_kernel_key(tile, config.variant, act, gemm1_lora_delta is not None, gemm1_alpha is not None,
+                         gemm1_beta is not None, gemm1_clamp_limit is not None)
+    fn = runtime.KERNELS.get(key, runtime.arch_of_device(device), _build(key))
+    f32_stand_in = runtime.ptr(out, torch.float32, align=4)  # never read when absent
+
+    def opt(x):
+        return runtime.ptr(x, align=4) if x is not None else f32_stand_in
+
+    lora = runtime.ptr(gemm1_lora_delta) if gemm1_lora_delta is not None else runtime.ptr(hidden_states)
+    fn(runtime.ptr(gemm1_weights), runtime.ptr(hidden_states), runtime.ptr(plan.permuted_idx_to_expanded_idx),
+       runtime.ptr(plan.tile_info), runtime.ptr(plan.counters), runtime.ptr(out), lora, opt(gemm1_alpha),
+       opt(gemm1_beta), opt(gemm1_clamp_limit), m, h, inter, int(top_k), local, max_tiles,
+       _num_ctas(config, tile, device, max_tiles, m), int(config.pdl), runtime.current_stream())
+    return out
+
+
+def grouped_gemm_fc2(act: torch.Tensor, plan: MoePlan, gemm2_weights: torch.Tensor, *, hidden_size: int,
+                     config: GemmConfig, gemm2_weights_scale: Optional[torch.Tensor] = None,
+                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """FC2 -> ``gemm2_output [P, H]`` bf16 in permuted row order (module docstring).
+
+    ``act [P, I]`` bf16 (FC1's output for the same plan); ``gemm2_weights [L, I/64, H, 64]`` bf16.
+    """
+    if gemm2_weights_scale is not None:
+        raise NotImplementedError("grouped_gemm_fc2 takes bf16 weights; MXINT4 weights need their own kernel")
+    validate.check_tensor(act, "act", dtypes=(torch.bfloat16,), ndim=2)
+    device = act.device
+    if device.type != "cuda":
+        raise ValueError(f"act: expected a tensor on a CUDA device, got a tensor on {device}")
+    validate.check_aligned(act, "act")
+    rows, inter = act.shape
+    _check_plan(plan, config, plan.shape.top_k, plan.shape.num_tokens, device)
+    if rows != plan.shape.max_padded_rows:
+        raise ValueError(f"act: expected {plan.shape.max_padded_rows} rows (the plan's), got {rows}")
+    h = int(hidden_size)
+    local = plan.shape.local_num_experts
+    validate.check_tensor(gemm2_weights, "gemm2_weights", dtypes=(torch.bfloat16,), device=device)
+    validate.check_shape(gemm2_weights, "gemm2_weights", (local, inter // 64, h, 64), "[L, I/64, H, 64]")
+    validate.check_aligned(gemm2_weights, "gemm2_weights")
+    if h % 64 or inter % 64:
+        raise ValueError(f"hidden_size {h} and intermediate_size {inter} must be multiples of 64")
+    out = _out(out, "out", rows, h, device)
+    max_tiles = plan.shape.max_tiles
+    if max_tiles == 0:
+        return out
+    tile = config.fc2
+    key = fc2_kernel_key(tile, config.variant)
+    fn = runtime.KERNELS.get(key, runtime.arch_of_device(device), _build(key))
+    stand_in = runtime.ptr(out, torch.float32, align=4)
+    fn(runtime.ptr(gemm2_weights), runtime.ptr(act), runtime.ptr(plan.permuted_idx_to_expanded_idx),
+       runtime.ptr(plan.tile_info), runtime.ptr(plan.counters), runtime.ptr(out), runtime.ptr(act), stand_in,
+       stand_in, stand_in, h, inter, h, plan.shape.top_k, local, max_tiles,
+       _num_ctas(config, tile, device, max_tiles, h), int(config.pdl), runtime.current_stream())
+    return out
+
+
+def warmup(configs: Iterable[GemmConfig], activation_type=ActivationType.Swiglu, *, has_lora: bool = False,
+           has_alpha: bool = False, has_beta: bool = False, has_clamp: bool = False,
+           arch: Optional[str] = None) -> Dict[Tuple, float]:
+    """Compile the FC1 and FC2 kernels of ``configs`` ahead of time (``arch`` defaults to the current
+    GPU's; any of sm_90a / sm_100a / sm_120a compiles on a CPU). Returns compile seconds per kernel key
+    (0.0 for kernels already cached)."""
+    arch = arch or runtime.arch_of_device()
+    seconds: Dict[Tuple, float] = {}
+    for config in configs:
+        keys = [fc1_kernel_key(config.fc1, config.variant, activation_type, has_lora, has_alpha, has_beta, has_clamp),
+                fc2_kernel_key(config.fc2, config.variant)]
+        for key in keys:
+            if key in seconds:
+                continue
+            t0 = time.perf_counter()
+            runtime.KERNELS.get(key, arch, _build(key))
+            seconds[key] = time.perf_counter() - t0
+    return seconds

@@ -1,0 +1,129 @@
+"""Compile-time configuration of the grouped-GEMM kernel family (cute_moe.kernels.grouped_gemm).
+
+A ``TileConfig`` fixes one CTA's work: ``bm`` weight rows (the MMA's M side) by ``bn`` permuted
+token rows (the N side, equal to the plan's ``tile_rows``) over K blocks of ``BK = 64`` bf16
+(one 128-byte BlockMajorK block), ``warps_m x warps_n`` warps and a ``stages``-deep cp.async ring.
+
+A ``GemmConfig`` is what the selector returns and the host wrappers take: the variant and one
+tile per GEMM. FC1 and FC2 share the plan, hence ``bn``; ``bm`` and stages may differ.
+
+Variants (all one kernel template; cute_moe/kernels/grouped_gemm.py):
+
+* ``micro``: decode tiles (``bn`` 8 or 16, ``bm`` 64, deep ring), static 1-D grid of
+  ``M/bm * max_tiles`` CTAs with the m-blocks of a tile fastest;
+* ``static``: grid ``(max_tiles, M/bm)``, tiles fastest: CTAs that read the same weight block
+  run together and share it in L2;
+* ``dynamic``: persistent CTAs (``ctas_per_sm`` per SM) striding over the (tile, m-block) work
+  list in groups of ``RASTER_TILES`` tiles, all m-blocks of a group before the next group.
+
+Every CTA reads ``num_tiles`` on the device and skips tiles past it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BK = 64  # bf16 K values per k-block: one 128-byte BlockMajorK block
+MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync.aligned.m16n8k16 bf16 -> f32
+SHUFFLE_BLOCK = 32  # prepared rows are shuffled inside blocks of 32 (epilogue tile 128)
+VARIANTS = ("micro", "static", "dynamic")
+SCHEDULES = ("m_fastest", "tiles_fastest", "persistent")
+SCHEDULE_OF_VARIANT = {"micro": "m_fastest", "static": "tiles_fastest", "dynamic": "persistent"}
+RASTER_TILES = 8  # persistent schedule: tiles per group
+SMEM_LIMIT = 227 * 1024  # opt-in shared memory per CTA on SM90 / SM100 (SM120: 99 KiB)
+SMEM_LIMIT_SM120 = 99 * 1024
+BM_CHOICES = (64, 128, 256)
+BN_CHOICES = (8, 16, 32, 64, 128)
+
+
+def c_row_stride(bm: int) -> int:
+    """float32 stride between token rows of the epilogue tile ``sC[n, m]``: ``bm + 4`` makes the
+    accumulator stores of a warp (8 m by 4 n-pairs) hit 32 distinct banks."""
+    return bm + 4
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    bm: int
+    bn: int
+    warps_m: int
+    warps_n: int
+    stages: int
+
+    def __post_init__(self):
+        if self.bm not in BM_CHOICES:
+            raise ValueError(f"bm: expected one of {BM_CHOICES}, got {self.bm}")
+        if self.bn not in BN_CHOICES:
+            raise ValueError(f"bn: expected one of {BN_CHOICES}, got {self.bn}")
+        if self.warps_m < 1 or self.warps_n < 1 or self.warps_m * self.warps_n not in (2, 4, 8):
+            raise ValueError(f"warps: expected 2, 4 or 8 warps, got {self.warps_m} x {self.warps_n}")
+        if self.bm % (self.warps_m * MMA_M) or self.bn % (self.warps_n * MMA_N):
+            raise ValueError(f"tile {self.bm}x{self.bn} does not split over {self.warps_m}x{self.warps_n} warps "
+                             f"of {MMA_M}x{MMA_N} MMAs")
+        if not 2 <= self.stages <= 12:
+            raise ValueError(f"stages: expected 2..12, got {self.stages}")
+        if self.smem_bytes > SMEM_LIMIT:
+            raise ValueError(f"tile {self} needs {self.smem_bytes} bytes of shared memory (> {SMEM_LIMIT})")
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.warps_m * self.warps_n
+
+    @property
+    def warp_n(self) -> int:
+        """Token columns of one warp."""
+        return self.bn // self.warps_n
+
+    @property
+    def n_perm(self) -> int:
+        """MMA atoms along N per warp step: 2 lets one ldmatrix.x4 load B for 16 columns."""
+        return 2 if self.warp_n % (2 * MMA_N) == 0 else 1
+
+    @property
+    def stage_bytes(self) -> int:
+        return (self.bm + self.bn) * BK * 2
+
+    @property
+    def epilogue_bytes(self) -> int:
+        return self.bn * c_row_stride(self.bm) * 4
+
+    @property
+    def smem_bytes(self) -> int:
+        """The cp.async ring; the float32 epilogue tile reuses it."""
+        return max(self.stages * self.stage_bytes, self.epilogue_bytes)
+
+    def fits(self, arch: str) -> bool:
+        limit = SMEM_LIMIT_SM120 if arch == "sm_120a" else SMEM_LIMIT
+        return self.smem_bytes <= limit
+
+    @property
+    def tag(self) -> str:
+        return f"{self.bm}x{self.bn}_w{self.warps_m}x{self.warps_n}_s{self.stages}"
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """One call's GEMM choice: variant, FC1 tile, FC2 tile (same ``bn``), persistent occupancy,
+    programmatic dependent launch."""
+
+    variant: str
+    fc1: TileConfig
+    fc2: TileConfig
+    ctas_per_sm: int = 1
+    pdl: bool = False  # launch FC1 and FC2 as programmatic dependents (FC2 must follow its FC1)
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant: expected one of {VARIANTS}, got {self.variant!r}")
+        if self.fc1.bn != self.fc2.bn:
+            raise ValueError(f"FC1 and FC2 share the plan: bn must match, got {self.fc1.bn} and {self.fc2.bn}")
+        if self.ctas_per_sm < 1:
+            raise ValueError(f"ctas_per_sm: expected >= 1, got {self.ctas_per_sm}")
+
+    @property
+    def tile_rows(self) -> int:
+        return self.fc1.bn
+
+    @property
+    def schedule(self) -> str:
+        return SCHEDULE_OF_VARIANT[self.variant]

@@ -1,0 +1,405 @@
+"""Grouped GEMM of the MoE experts with bf16 weights: FC1 (+ LoRA delta, + activation) and FC2.
+
+One kernel template, ``GroupedGemm``; FC1/FC2, the epilogue options, the tile and the schedule
+(micro / static / dynamic, cute_moe.kernels.gemm_config) are compile-time parameters.
+
+Per work item (plan tile ``t``, m-block ``mb``), with ``(e, row0, nrows) = tile_info[t]``:
+
+    C[m, n] = sum_k W_e[mb*bm + m, k] * X[row(n), k]        m < bm, n < bn, float32
+
+* ``W_e`` is the prepared weight of local expert ``e``, read in place: BlockMajorK
+  ``[L, K/64, M, 64]``, so the ``bm x 64`` block of k-block ``kb`` is one contiguous
+  ``bm * 128``-byte chunk at element ``((e * K/64 + kb) * M + mb*bm) * 64``.
+* ``X`` rows: FC1 gathers ``hidden_states[permuted_idx_to_expanded_idx[row0 + n] // top_k]``
+  (padding rows, whose index is -1, read token 0 and are never stored); FC2 reads
+  ``act[row0 + n]``.
+* Weights are the MMA's A operand (M side), tokens the B operand (N side), both K-major:
+  ``mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`` on fragments loaded by ``ldmatrix``
+  from 128-byte-swizzled shared memory, filled by 16-byte ``cp.async`` in a ``stages``-deep ring.
+* Epilogue: accumulators -> shared memory ``sC[n, p]`` -> un-shuffle (cute_moe.kernels.gemm_epilogue)
+  -> FC1: ``+ gemm1_lora_delta[expanded(row0 + n)]``, activation, bf16 ``act[row0 + n, i]``;
+  FC2: bf16 ``gemm2_output[row0 + n, h]``. Only ``n < nrows`` (and ``h < M``) are stored, 16 bytes
+  per store.
+
+Sizes are runtime values (one compile per shape class); the tile count is read on the device
+(``counters[0]``): nothing depends on the host knowing the routing, so launches are CUDA-graph safe.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.memory
+import cuda.bindings.driver as cuda
+from cutlass import BFloat16, Float32, Int32, Int64
+
+from ..enums import ActivationType
+from . import gemm_epilogue as epi
+from . import runtime
+from .gemm_config import BK, MMA_K, MMA_M, MMA_N, RASTER_TILES, SCHEDULES, TileConfig, c_row_stride
+
+CHUNK = 8  # bf16 per 16-byte cp.async / store
+CHUNKS_PER_ROW = BK // CHUNK  # 16-byte chunks of one 128-byte K-block row
+SMEM_ALIGN = 1024  # the 128-byte swizzle reads address bits [7, 10)
+
+
+def _swizzle():
+    # 16-byte chunk c of 128-byte row r lands at chunk c ^ (r % 8): ldmatrix reads of 8 rows at
+    # one chunk column hit 8 distinct bank groups.
+    return cute.make_swizzle(3, 4, 3)
+
+
+class GroupedGemm:
+    """``op``: "fc1" or "fc2"; ``schedule``: one of gemm_config.SCHEDULES; FC1 epilogue options:
+    ``activation`` (Swiglu, Relu2), ``has_lora``, ``has_alpha``, ``has_beta``, ``has_clamp``."""
+
+    def __init__(self, op: str, tile: TileConfig, schedule: str, activation: int = int(ActivationType.Swiglu),
+                 has_lora: bool = False, has_alpha: bool = False, has_beta: bool = False, has_clamp: bool = False):
+        if op not in ("fc1", "fc2"):
+            raise ValueError(f"op: expected 'fc1' or 'fc2', got {op!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
+        act = ActivationType(int(activation))
+        if op == "fc1" and act not in (ActivationType.Swiglu, ActivationType.Relu2):
+            raise ValueError(f"activation: expected Swiglu or Relu2, got {act.name}")
+        self.is_fc1 = op == "fc1"
+        self.gated = self.is_fc1 and act == ActivationType.Swiglu
+        self.relu2 = self.is_fc1 and act == ActivationType.Relu2
+        if (has_lora or has_alpha or has_beta or has_clamp) and not self.gated:
+            raise ValueError("LoRA delta and alpha / beta / clamp apply to a gated FC1 only")
+        self.has_lora = has_lora
+        self.has_alpha, self.has_beta, self.has_clamp = has_alpha, has_beta, has_clamp
+        self.oss = has_alpha or has_beta or has_clamp
+        self.tile = tile
+        self.schedule = schedule
+        self.bm, self.bn, self.stages = tile.bm, tile.bn, tile.stages
+        self.threads = tile.threads
+        # cp.async work per thread and stage: rows tid//8 + i * (threads/8), chunk tid % 8
+        self.row_step = self.threads // CHUNKS_PER_ROW
+        self.a_loads = self.bm * CHUNKS_PER_ROW // self.threads
+        self.b_loads = max(1, self.bn * CHUNKS_PER_ROW // self.threads)
+        self.b_partial = self.bn * CHUNKS_PER_ROW < self.threads  # only the first bn*8 threads load B
+        # epilogue vectors: 8 output columns of one token row
+        self.rows_per_vec = epi.GATED_ROWS if self.gated else epi.PLAIN_ROWS
+        self.vecs_per_row = self.bm // self.rows_per_vec
+        self.c_stride = c_row_stride(self.bm)
+
+    # ------------------------------------------------------------------ host side (jit)
+
+    @cute.jit
+    def __call__(self, w_ptr: cute.Pointer, x_ptr: cute.Pointer, p2e_ptr: cute.Pointer, tile_info_ptr: cute.Pointer,
+                 counters_ptr: cute.Pointer, out_ptr: cute.Pointer, lora_ptr: cute.Pointer, alpha_ptr: cute.Pointer,
+                 beta_ptr: cute.Pointer, clamp_ptr: cute.Pointer, m: Int32, k: Int32, n_out: Int32, top_k: Int32,
+                 num_experts: Int32, max_tiles: Int32, num_ctas: Int32, use_pdl: Int32, stream: cuda.CUstream):
+        """``m``: weight rows (FC1: M = 2I or I, FC2: H); ``k``: reduction size (FC1: H, FC2: I);
+        ``n_out``: output row width (FC1: I, FC2: H); ``max_tiles``: the plan's tile bound;
+        ``num_ctas``: persistent grid size (other schedules ignore it); ``use_pdl``: launch as a
+        programmatic dependent of the previous kernel in the stream (see ``kernel``)."""
+        op = cute.nvgpu.warp.MmaF16BF16Op(BFloat16, Float32, (MMA_M, MMA_N, MMA_K))
+        tiled_mma = cute.make_tiled_mma(
+            op, cute.make_layout((self.tile.warps_m, self.tile.warps_n, 1)),
+            permutation_mnk=(self.tile.warps_m * MMA_M, self.tile.warps_n * MMA_N * self.tile.n_perm, MMA_K))
+        tile_info = cute.make_tensor(tile_info_ptr, cute.make_layout((max_tiles, 4), stride=(4, 1)))
+        counters = cute.make_tensor(counters_ptr, cute.make_layout(4))
+        p2e = cute.make_tensor(p2e_ptr, cute.make_layout(max_tiles * self.bn))
+        per_expert = cute.make_layout(num_experts)
+        alpha = cute.make_tensor(alpha_ptr, per_expert)
+        beta = cute.make_tensor(beta_ptr, per_expert)
+        clamp = cute.make_tensor(clamp_ptr, per_expert)
+        m_blocks = (m + self.bm - 1) // self.bm
+        grid = [max_tiles, m_blocks, 1]
+        if cutlass.const_expr(self.schedule == "m_fastest"):
+            grid = [m_blocks * max_tiles, 1, 1]  # 1-D: max_tiles may exceed the 65535 limit of grid y
+        if cutlass.const_expr(self.schedule == "persistent"):
+            grid = [num_ctas, 1, 1]
+        self.kernel(tiled_mma, w_ptr, x_ptr, out_ptr, lora_ptr, p2e, tile_info, counters, alpha, beta, clamp,
+                    m, k, n_out, top_k).launch(grid=grid, block=[self.threads, 1, 1], stream=stream,
+                                               use_pdl=use_pdl)
+
+    # ------------------------------------------------------------------ device side
+
+    @cute.kernel
+    def kernel(self, tiled_mma: cute.TiledMma, w_ptr: cute.Pointer, x_ptr: cute.Pointer, out_ptr: cute.Pointer,
+               lora_ptr: cute.Pointer, p2e: cute.Tensor, tile_info: cute.Tensor, counters: cute.Tensor,
+               alpha: cute.Tensor, beta: cute.Tensor, clamp: cute.Tensor, m: Int32, k: Int32, n_out: Int32,
+               top_k: Int32):
+        # Programmatic dependent launch: FC1 reads nothing before the previous kernel (the plan)
+        # has completed; FC2 reads the plan (older than FC1) and streams its first weight blocks
+        # before waiting for FC1's act. Both let the next kernel launch once all CTAs are running.
+        # Without a programmatic launch both calls return at once.
+        if cutlass.const_expr(self.is_fc1):
+            cute.arch.griddepcontrol_wait()
+        cute.arch.griddepcontrol_launch_dependents()
+        tidx, _, _ = cute.arch.thread_idx()
+        bx, by, _ = cute.arch.block_idx()
+        num_tiles = counters[0]
+        m_blocks = (m + self.bm - 1) // self.bm
+
+        smem = cutlass.memory.SmemAllocator()
+        raw = smem.allocate(self.tile.smem_bytes, byte_alignment=SMEM_ALIGN)
+        a_bytes = self.stages * self.bm * BK * 2
+        sa_ptr = cute.recast_ptr(raw, dtype=BFloat16)
+        sb_ptr = cute.recast_ptr(raw + a_bytes, dtype=BFloat16)
+        sc_ptr = cute.recast_ptr(raw, dtype=Float32)
+
+        if cutlass.const_expr(self.schedule == "tiles_fastest"):
+            if bx < num_tiles:
+                self.work(tiled_mma, bx, by, tidx, sa_ptr, sb_ptr, sc_ptr, w_ptr, x_ptr, out_ptr, lora_ptr, p2e,
+                          tile_info, alpha, beta, clamp, m, k, n_out, top_k)
+        elif cutlass.const_expr(self.schedule == "m_fastest"):
+            if bx // m_blocks < num_tiles:
+                self.work(tiled_mma, bx // m_blocks, bx % m_blocks, tidx, sa_ptr, sb_ptr, sc_ptr, w_ptr, x_ptr,
+                          out_ptr, lora_ptr, p2e, tile_info, alpha, beta, clamp, m, k, n_out, top_k)
+        else:
+            num_ctas, _, _ = cute.arch.grid_dim()
+            group_items = RASTER_TILES * m_blocks
+            for w in cutlass.range(bx, num_tiles * m_blocks, num_ctas):
+                # groups of RASTER_TILES tiles, every m-block of a group before the next group:
+                # a wave touches few weight blocks and few token rows (both stay in L2)
+                group = w // group_items
+                first = group * RASTER_TILES
+                size = cutlass.min(RASTER_TILES, num_tiles - first)
+                r = w - group * group_items
+                self.work(tiled_mma, first + r % size, r // size, tidx, sa_ptr, sb_ptr, sc_ptr, w_ptr, x_ptr,
+                          out_ptr, lora_ptr, p2e, tile_info, alpha, beta, clamp, m, k, n_out, top_k)
+                cute.arch.sync_threads()  # the next item's loads reuse the epilogue's shared memory
+
+    @cute.jit
+    def work(self, tiled_mma: cute.TiledMma, tile: Int32, mb: Int32, tidx: Int32, sa_ptr: cute.Pointer,
+             sb_ptr: cute.Pointer, sc_ptr: cute.Pointer, w_ptr: cute.Pointer, x_ptr: cute.Pointer,
+             out_ptr: cute.Pointer, lora_ptr: cute.Pointer, p2e: cute.Tensor, tile_info: cute.Tensor,
+             alpha: cute.Tensor, beta: cute.Tensor, clamp: cute.Tensor, m: Int32, k: Int32, n_out: Int32,
+             top_k: Int32):
+        """One (tile, m-block) work item: mainloop, then the epilogue."""
+        bm, bn, stages = self.bm, self.bn, self.stages
+        expert = tile_info[tile, 0]
+        row0 = tile_info[tile, 1]
+        nrows = tile_info[tile, 2]
+        k_blocks = k // BK
+        chunk = tidx % CHUNKS_PER_ROW
+        row_in = tidx // CHUNKS_PER_ROW
+
+        # ---- per-thread source pointers (k-block 0) and swizzled smem destinations
+        a_block = (Int64(expert) * Int64(k_blocks) * Int64(m) + Int64(mb * bm)) * BK
+        kb_stride = Int64(m) * BK
+        a_src = []
+        a_dst = []
+        a_ok = []
+        for i in cutlass.range_constexpr(self.a_loads):
+            r = row_in + i * self.row_step
+            a_src.append(w_ptr + cute.assume(a_block + Int64(r * BK + chunk * CHUNK), divby=CHUNK))
+            a_dst.append(cute.assume(r * BK + (chunk ^ (r % 8)) * CHUNK, divby=CHUNK))
+            a_ok.append(mb * bm + r < m)
+        b_src = []
+        b_dst = []
+        for i in cutlass.range_constexpr(self.b_loads):
+            r = row_in + i * self.row_step
+            if cutlass.const_expr(self.b_partial):
+                r = cutlass.min(r, bn - 1)
+            src_row = row0 + r
+            if cutlass.const_expr(self.is_fc1):
+                src_row = cutlass.max(p2e[row0 + r], Int32(0)) // top_k
+            b_src.append(x_ptr + cute.assume(src_row * k + chunk * CHUNK, divby=CHUNK))
+            b_dst.append(cute.assume(r * BK + (chunk ^ (r % 8)) * CHUNK, divby=CHUNK))
+        b_ok = tidx < bn * CHUNKS_PER_ROW
+
+        g2s = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.GLOBAL),
+                                  BFloat16, num_bits_per_copy=128)
+        vec = cute.make_layout(CHUNK)
+
+        # ---- MMA partitions over the swizzled ring
+        swz = _swizzle()
+        sA = cute.make_tensor(cute.recast_ptr(sa_ptr, swz, dtype=BFloat16),
+                              cute.make_layout((bm, BK, stages), stride=(BK, 1, bm * BK)))
+        sB = cute.make_tensor(cute.recast_ptr(sb_ptr, swz, dtype=BFloat16),
+                              cute.make_layout((bn, BK, stages), stride=(BK, 1, bn * BK)))
+        thr_mma = tiled_mma.get_slice(tidx)
+        tCsA = thr_mma.partition_A(sA)
+        tCsB = thr_mma.partition_B(sB)
+        tCrA = tiled_mma.make_fragment_A(tCsA[None, None, None, 0])
+        tCrB = tiled_mma.make_fragment_B(tCsB[None, None, None, 0])
+        acc = cute.make_rmem_tensor(thr_mma.partition_shape_C((bm, bn)), Float32)
+        acc.fill(0.0)
+        s2r_a = cute.make_tiled_copy_A(cute.make_copy_atom(cute.nvgpu.warp.LdMatrix8x8x16bOp(False, 4), BFloat16),
+                                       tiled_mma)
+        s2r_b = cute.make_tiled_copy_B(
+            cute.make_copy_atom(cute.nvgpu.warp.LdMatrix8x8x16bOp(False, 2 * self.tile.n_perm), BFloat16), tiled_mma)
+        thr_s2r_a = s2r_a.get_slice(tidx)
+        thr_s2r_b = s2r_b.get_slice(tidx)
+        tXsA = thr_s2r_a.partition_S(sA)
+        tXrA = thr_s2r_a.retile(tCrA)
+        tXsB = thr_s2r_b.partition_S(sB)
+        tXrB = thr_s2r_b.retile(tCrB)
+        k_steps = cute.size(tCrA, mode=[2])
+
+        # ---- cp.async ring: k-block kb goes to stage kb % stages
+        # (weights first: they do not depend on the previous kernel; group s then holds B(s) and
+        # every A issued before it, so waiting for group s still covers k-block s)
+        for s in cutlass.range_constexpr(stages - 1):
+            if s < k_blocks:
+                self.load_a(g2s, vec, s, s, kb_stride, a_src, a_dst, a_ok, sa_ptr)
+        if cutlass.const_expr(not self.is_fc1):
+            cute.arch.griddepcontrol_wait()
+        for s in cutlass.range_constexpr(stages - 1):
+            if s < k_blocks:
+                self.load_b(g2s, vec, s, s, b_src, b_dst, b_ok, sb_ptr)
+            cute.arch.cp_async_commit_group()
+        read_stage = Int32(0)
+        write_stage = Int32(stages - 1)
+        for kb in cutlass.range(k_blocks, unroll=1):
+            cute.arch.cp_async_wait_group(stages - 2)
+            cute.arch.sync_threads()
+            nxt = kb + stages - 1
+            if nxt < k_blocks:
+                self.load_a(g2s, vec, nxt, write_stage, kb_stride, a_src, a_dst, a_ok, sa_ptr)
+                self.load_b(g2s, vec, nxt, write_stage, b_src, b_dst, b_ok, sb_ptr)
+            cute.arch.cp_async_commit_group()
+            for kk in cutlass.range_constexpr(k_steps):
+                cute.copy(s2r_a, tXsA[None, None, kk, read_stage], tXrA[None, None, kk])
+                cute.copy(s2r_b, tXsB[None, None, kk, read_stage], tXrB[None, None, kk])
+                cute.gemm(tiled_mma, acc, tCrA[None, None, kk], tCrB[None, None, kk], acc)
+            write_stage = read_stage
+            read_stage = read_stage + 1
+            if read_stage == stages:
+                read_stage = Int32(0)
+        cute.arch.cp_async_wait_group(0)
+        cute.arch.sync_threads()
+
+        # ---- accumulators -> sC[n, p] (float32, token-row major)
+        sC = cute.make_tensor(sc_ptr, cute.make_layout((bm, bn), stride=(1, self.c_stride)))
+        tCsC = thr_mma.partition_C(sC)
+        for i in cutlass.range(cute.size(acc), unroll_full=True):
+            tCsC[i] = acc[i]
+        cute.arch.sync_threads()
+
+        if cutlass.const_expr(self.is_fc1):
+            self.store_fc1(tidx, sc_ptr, expert, row0, nrows, mb, out_ptr, lora_ptr, p2e, alpha, beta, clamp, m,
+                           n_out)
+        else:
+            self.store_fc2(tidx, sc_ptr, row0, nrows, mb, out_ptr, m, n_out)
+
+    @cute.jit
+    def load_a(self, g2s: cute.CopyAtom, vec: cute.Layout, kb: Int32, stage: Int32, kb_stride: Int64, a_src: list,
+               a_dst: list, a_ok: list, sa_ptr: cute.Pointer):
+        """cp.async k-block ``kb`` of the CTA's weight rows into ring slot ``stage``."""
+        a_kb = cute.assume(kb_stride * Int64(kb), divby=BK)
+        a_stage = stage * (self.bm * BK)
+        for i in cutlass.range_constexpr(self.a_loads):
+            if a_ok[i]:
+                cute.copy(g2s, cute.make_tensor(a_src[i] + a_kb, vec),
+                          cute.make_tensor(sa_ptr + cute.assume(a_stage + a_dst[i], divby=CHUNK), vec))
+
+    @cute.jit
+    def load_b(self, g2s: cute.CopyAtom, vec: cute.Layout, kb: Int32, stage: Int32, b_src: list, b_dst: list, b_ok,
+               sb_ptr: cute.Pointer):
+        """cp.async k-block ``kb`` of the tile's token rows into ring slot ``stage``."""
+        b_kb = cute.assume(kb * BK, divby=CHUNK)
+        b_stage = stage * (self.bn * BK)
+        for i in cutlass.range_constexpr(self.b_loads):
+            if cutlass.const_expr(self.b_partial):
+                if b_ok:
+                    cute.copy(g2s, cute.make_tensor(b_src[i] + b_kb, vec),
+                              cute.make_tensor(sb_ptr + cute.assume(b_stage + b_dst[i], divby=CHUNK), vec))
+            else:
+                cute.copy(g2s, cute.make_tensor(b_src[i] + b_kb, vec),
+                          cute.make_tensor(sb_ptr + cute.assume(b_stage + b_dst[i], divby=CHUNK), vec))
+
+    @cute.jit
+    def store_fc1(self, tidx: Int32, sc_ptr: cute.Pointer, expert: Int32, row0: Int32, nrows: Int32, mb: Int32,
+                  out_ptr: cute.Pointer, lora_ptr: cute.Pointer, p2e: cute.Tensor, alpha: cute.Tensor,
+                  beta: cute.Tensor, clamp: cute.Tensor, m: Int32, n_out: Int32):
+        """act[row0 + n, c .. c+8) for the vectors of this m-block (activation in float32); columns
+        past ``n_out`` belong to weight rows past M (a partial last m-block) and are skipped."""
+        tasks = self.bn * self.vecs_per_row
+        a_e = Float32(1.0)
+        b_e = Float32(0.0)
+        c_e = Float32(0.0)
+        if cutlass.const_expr(self.has_alpha):
+            a_e = alpha[expert]
+        if cutlass.const_expr(self.has_beta):
+            b_e = beta[expert]
+        if cutlass.const_expr(self.has_clamp):
+            c_e = clamp[expert]
+        out_vec = cute.make_layout(CHUNK)
+        for it in cutlass.range_constexpr((tasks + self.threads - 1) // self.threads):
+            q = tidx + it * self.threads
+            v = q % self.vecs_per_row
+            n = q // self.vecs_per_row
+            col = mb * (self.bm // 2) + v * CHUNK  # first output column (intermediate index)
+            if cutlass.const_expr(not self.gated):
+                col = mb * self.bm + v * CHUNK
+            if (q < tasks) & (n < nrows) & (col < n_out):
+                res = cute.make_rmem_tensor(CHUNK, Float32)
+                if cutlass.const_expr(self.gated):
+                    vals = cute.make_rmem_tensor((4, 4), Float32)
+                    src = sc_ptr + cute.assume(n * self.c_stride + epi.gated_base(v), divby=4)
+                    cute.autovec_copy(cute.make_tensor(src, epi.gated_view_layout()), vals)
+                    up = cute.make_rmem_tensor(CHUNK, Float32)
+                    gate = cute.make_rmem_tensor(CHUNK, Float32)
+                    for i in cutlass.range_constexpr(CHUNK):
+                        up[i] = vals[i // 2, 2 * (i % 2)]
+                        gate[i] = vals[i // 2, 2 * (i % 2) + 1]
+                    if cutlass.const_expr(self.has_lora):
+                        ex = p2e[row0 + n]
+                        row = Int64(ex) * Int64(2 * n_out)
+                        d_up = cute.make_rmem_tensor(CHUNK, BFloat16)
+                        d_gate = cute.make_rmem_tensor(CHUNK, BFloat16)
+                        cute.autovec_copy(cute.make_tensor(lora_ptr + (row + Int64(cute.assume(col, divby=CHUNK))),
+                                                           out_vec), d_up)
+                        cute.autovec_copy(
+                            cute.make_tensor(lora_ptr + (row + Int64(cute.assume(n_out + col, divby=CHUNK))), out_vec),
+                            d_gate)
+                        for i in cutlass.range_constexpr(CHUNK):
+                            up[i] = up[i] + Float32(d_up[i])
+                            gate[i] = gate[i] + Float32(d_gate[i])
+                    for i in cutlass.range_constexpr(CHUNK):
+                        if cutlass.const_expr(self.oss):
+                            res[i] = epi.swiglu_oss(up[i], gate[i], a_e, b_e, c_e, self.has_alpha, self.has_beta,
+                                                    self.has_clamp)
+                        else:
+                            res[i] = epi.swiglu(up[i], gate[i])
+                else:
+                    vals = cute.make_rmem_tensor((2, 4), Float32)
+                    src = sc_ptr + cute.assume(n * self.c_stride + epi.plain_base(v), divby=2)
+                    cute.autovec_copy(cute.make_tensor(src, epi.plain_view_layout()), vals)
+                    for i in cutlass.range_constexpr(CHUNK):
+                        res[i] = epi.relu2(vals[i // 4, i % 4])
+                out = cute.make_rmem_tensor(CHUNK, BFloat16)
+                out.store(res.load().to(BFloat16))
+                dst = out_ptr + cute.assume(Int32(row0 + n) * n_out + col, divby=CHUNK)
+                cute.autovec_copy(out, cute.make_tensor(dst, out_vec))
+
+    @cute.jit
+    def store_fc2(self, tidx: Int32, sc_ptr: cute.Pointer, row0: Int32, nrows: Int32, mb: Int32,
+                  out_ptr: cute.Pointer, m: Int32, n_out: Int32):
+        """gemm2_output[row0 + n, c .. c+8) for the unshuffled rows of this m-block."""
+        tasks = self.bn * self.vecs_per_row
+        out_vec = cute.make_layout(CHUNK)
+        for it in cutlass.range_constexpr((tasks + self.threads - 1) // self.threads):
+            q = tidx + it * self.threads
+            v = q % self.vecs_per_row
+            n = q // self.vecs_per_row
+            col = mb * self.bm + v * CHUNK
+            if (q < tasks) & (n < nrows) & (col < m):
+                vals = cute.make_rmem_tensor((2, 4), Float32)
+                src = sc_ptr + cute.assume(n * self.c_stride + epi.plain_base(v), divby=2)
+                cute.autovec_copy(cute.make_tensor(src, epi.plain_view_layout()), vals)
+                out = cute.make_rmem_tensor(CHUNK, BFloat16)
+                for i in cutlass.range_constexpr(CHUNK):
+                    out[i] = BFloat16(vals[i // 4, i % 4])
+                dst = out_ptr + cute.assume(Int32(row0 + n) * n_out + col, divby=CHUNK)
+                cute.autovec_copy(out, cute.make_tensor(dst, out_vec))
+
+
+# --------------------------------------------------------------------------- compile-time examples
+
+
+def example_args():
+    """Arguments that compile any ``GroupedGemm`` without a GPU (pointers never dereferenced)."""
+    bf16 = lambda: runtime.fake_ptr(torch.bfloat16, 16)  # noqa: E731
+    i32 = lambda: runtime.fake_ptr(torch.int32, 16)  # noqa: E731
+    f32 = lambda: runtime.fake_ptr(torch.float32, 4)  # noqa: E731
+    return (bf16(), bf16(), i32(), i32(), i32(), bf16(), bf16(), f32(), f32(), f32(),
+            256, 256, 128, 1, 1, 1, 1, 0, runtime.fake_stream())

@@ -1,0 +1,143 @@
+"""Backend selector of the grouped GEMMs: variant and tiles from shapes, one data table per arch.
+
+The choice depends on shapes only (``T * top_k`` routed rows, ``L`` local experts, ``H``, ``I``,
+the arch), never on the routing, so a CUDA graph captured for one ``T`` stays valid. It is
+made from the expected routed rows per local expert, ``rows = T * top_k / L``:
+
+* the variant: the first entry of ``VARIANT_BY_ROWS[arch]`` whose bound is ``>= rows``;
+* the token tile ``bn`` (= the plan's ``tile_rows``): the first entry of ``BN_BY_ROWS[variant]``
+  whose bound is ``>= rows``: padding each expert to a multiple of ``bn`` wastes little;
+* the FC1 / FC2 tiles: ``TILES[arch][(variant, bn)]``.
+
+``CUTE_MOE_GEMM_VARIANT=micro|static|dynamic`` or the ``variant`` argument forces the variant.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from .kernels.gemm_config import VARIANTS, GemmConfig, TileConfig
+
+ENV_VARIANT = "CUTE_MOE_GEMM_VARIANT"
+DEFAULT_ARCH = "sm_90a"
+
+# Thresholds on routed rows per local expert (T * top_k / L), from H100 measurements of FC1 + FC2
+# (tools/bench_gemm.py; docs/gemm_notes.md has the full tables). Times in us, all experts local:
+#
+#   rows/expert  shape           micro 64x8 +pdl  static           dynamic           torch
+#   0.06 (T=1)   qwen3-30b-a3b   32.9             33.1 (64x8)      33.4 (64x8)       61.3
+#   0.5 (T=8)    qwen3-30b-a3b   152.8            159.6 (64x8)     160.8 (64x8)      206.4
+#   4 (T=64)     qwen3-30b-a3b   389.7            406.1 (64x8)     404.0 (64x8)      468.7
+#   2 (T=64)     deepseek-v3     6234.9           6626.8 (64x8)    6363.9 (64x8)     6874.1
+#   16 (T=512)   deepseek-v3     9177.4 (64x16)   8391.8 (128x32)  7706.7 (128x32)   8145.9
+#   32 (T=512)   qwen3-30b-a3b   544.7 (64x16)    471.2 (128x32)   465.1 (128x32)    503.8
+#   128 (T=4096) deepseek-v3     44406 (64x16)    18396 (128x64)   12124 (256x128)   12323
+#   256 (T=4096) qwen3-30b-a3b   3237 (64x16)     1299 (128x64)    1093 (256x128)    949.7
+#
+# micro (with programmatic launch) streams the weights at the copy bandwidth up to 4 rows per
+# expert (101-104% of the copy floor); at 8 rows (deepseek-v3, T=256) persistent 128x32 beats it
+# (7543 vs 8879 us), so the bound is 4 (between 4 and 8 nothing was measured). The static grid
+# is never the fastest: it runs only when forced.
+_SM90_VARIANT_BY_ROWS: Tuple[Tuple[float, str], ...] = (
+    (4.0, "micro"),
+    (float("inf"), "dynamic"),
+)
+
+# bn per variant, persistent FC1 + FC2 (us):
+#
+#   rows/expert  shape          128x32   128x64   256x128
+#   8 (T=256)    deepseek-v3    7543     7782     8002
+#   8 (T=256)    qwen3-30b-a3b  429      469      578
+#   16 (T=512)   deepseek-v3    7707     8214     8225
+#   32 (T=512)   qwen3-30b-a3b  465      467      538
+#   32 (T=1024)  deepseek-v3    10308    8234     8315
+#   64 (T=1024)  qwen3-30b-a3b  523      545      522
+#   64 (T=2048)  deepseek-v3    15833    11634    8630
+#   128 (T=2048) qwen3-30b-a3b  853      743      687
+#   128 (T=4096) deepseek-v3    -        19010    12037
+#   256 (T=4096) qwen3-30b-a3b  -        -        1076
+#
+# Every bound below sits on measured points (at 32 rows the 128x64 tile loses 0.4% on qwen3 and
+# wins 20% on deepseek-v3).
+BN_BY_ROWS: Dict[str, Tuple[Tuple[float, int], ...]] = {
+    "micro": ((8.0, 8), (float("inf"), 16)),
+    "static": ((4.0, 8), (16.0, 32), (float("inf"), 64)),
+    "dynamic": ((4.0, 8), (16.0, 32), (32.0, 64), (float("inf"), 128)),
+}
+
+
+def _t(bm, bn, wm, wn, stages) -> TileConfig:
+    return TileConfig(bm, bn, wm, wn, stages)
+
+
+# (variant, bn) -> (FC1 tile, FC2 tile, persistent CTAs per SM, programmatic launch)
+_SM90_TILES: Dict[Tuple[str, int], Tuple[TileConfig, TileConfig, int, bool]] = {
+    ("micro", 8): (_t(64, 8, 4, 1, 8), _t(64, 8, 4, 1, 8), 1, True),
+    ("micro", 16): (_t(64, 16, 4, 1, 8), _t(64, 16, 4, 1, 8), 1, True),
+    ("static", 8): (_t(64, 8, 4, 1, 8), _t(64, 8, 4, 1, 8), 1, False),
+    ("static", 16): (_t(64, 16, 4, 1, 8), _t(64, 16, 4, 1, 8), 1, False),
+    ("static", 32): (_t(128, 32, 4, 1, 4), _t(128, 32, 4, 1, 4), 1, False),
+    ("static", 64): (_t(128, 64, 2, 2, 4), _t(128, 64, 2, 2, 4), 1, False),
+    ("dynamic", 8): (_t(64, 8, 4, 1, 8), _t(64, 8, 4, 1, 8), 2, False),
+    ("dynamic", 16): (_t(64, 16, 4, 1, 8), _t(64, 16, 4, 1, 8), 2, False),
+    ("dynamic", 32): (_t(128, 32, 4, 1, 4), _t(128, 32, 4, 1, 4), 2, False),
+    ("dynamic", 64): (_t(128, 64, 2, 2, 4), _t(128, 64, 2, 2, 4), 2, False),
+    # 64x64 warp tiles: 256x128 (8 warps, 144 KiB, one CTA per SM) beat 128x128 with 4 warps
+    # (2 per SM) on both shapes at T=4096 (qwen3 FC1 695 vs 805 us); 4 stages: no gain (713 us)
+    ("dynamic", 128): (_t(256, 128, 4, 2, 3), _t(256, 128, 4, 2, 3), 1, False),
+}
+
+# SM120 has 99 KiB of shared memory per CTA: the 128-row tile of 128x128 with 4 warps replaces
+# 256x128 there. SM100 and SM120 run the same mma.sync kernels but have not been measured: they
+# take the H100 thresholds.
+_SM120_TILES = dict(_SM90_TILES)
+_SM120_TILES[("dynamic", 128)] = (_t(128, 128, 2, 2, 3), _t(128, 128, 2, 2, 3), 1, False)
+
+VARIANT_BY_ROWS: Dict[str, Tuple[Tuple[float, str], ...]] = {
+    "sm_90a": _SM90_VARIANT_BY_ROWS, "sm_100a": _SM90_VARIANT_BY_ROWS, "sm_120a": _SM90_VARIANT_BY_ROWS}
+TILES: Dict[str, Dict[Tuple[str, int], Tuple[TileConfig, TileConfig, int, bool]]] = {
+    "sm_90a": _SM90_TILES, "sm_100a": _SM90_TILES, "sm_120a": _SM120_TILES}
+
+
+def _first(table, value):
+    for bound, choice in table:
+        if value <= bound:
+            return choice
+    return table[-1][1]
+
+
+def _arch(device, arch: Optional[str]) -> str:
+    if arch is not None:
+        if arch not in TILES:
+            raise ValueError(f"arch: expected one of {tuple(TILES)}, got {arch!r}")
+        return arch
+    if device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available():
+        from .kernels.runtime import arch_of_device
+
+        return arch_of_device(torch.device(device))
+    return DEFAULT_ARCH
+
+
+def forced_variant(variant: Optional[str] = None) -> Optional[str]:
+    """The variant forced by the argument, else by ``CUTE_MOE_GEMM_VARIANT``, else None."""
+    v = variant if variant is not None else (os.environ.get(ENV_VARIANT) or None)
+    if v is not None and v not in VARIANTS:
+        source = "variant" if variant is not None else ENV_VARIANT
+        raise ValueError(f"{source}: expected one of {VARIANTS}, got {v!r}")
+    return v
+
+
+def select_config(*, num_tokens: int, top_k: int, hidden_size: int, intermediate_size: int,
+                  local_num_experts: int, weight_kind: str = "bf16", device=None, arch: Optional[str] = None,
+                  variant: Optional[str] = None) -> GemmConfig:
+    """GemmConfig for one call's shapes (module docstring); ``variant`` forces the variant."""
+    del hidden_size, intermediate_size, weight_kind  # tiles handle every supported H, I
+    arch = _arch(device, arch)
+    rows = max(int(num_tokens), 1) * int(top_k) / max(int(local_num_experts), 1)
+    chosen = forced_variant(variant) or _first(VARIANT_BY_ROWS[arch], rows)
+    bn = _first(BN_BY_ROWS[chosen], rows)
+    fc1, fc2, ctas, pdl = TILES[arch][(chosen, bn)]
+    return GemmConfig(chosen, fc1, fc2, ctas, pdl)

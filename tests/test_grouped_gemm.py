@@ -1,0 +1,475 @@
+"""Grouped GEMMs (FC1, FC2) with bf16 prepared weights.
+
+CPU: every variant compiles for sm_90a, sm_100a and sm_120a with ``mma.sync`` / ``ldmatrix`` /
+``cp.async`` in its PTX and no local memory (the cubin's stack frame, EIATTR_FRAME_SIZE, is 0
+bytes: ptxas puts spills there); selector, config and argument checks.
+GPU: FC1 and FC2 separately against a float32 reference on fresh random inputs
+(``||out - ref|| / ||ref|| <= 1e-2``, no NaN), outputs poisoned with NaN first: every routed row
+is written, padding rows are not; CUDA graph replay with a new routing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cute_moe.enums import ActivationType
+from cute_moe.kernels import runtime
+from cute_moe.kernels.gemm_config import GemmConfig, TileConfig
+from cute_moe.kernels.grouped_gemm import GroupedGemm, example_args
+from cute_moe.select import ENV_VARIANT, TILES, select_config
+
+REL_BOUND = 1e-2
+SWIGLU, RELU2 = int(ActivationType.Swiglu), int(ActivationType.Relu2)
+
+# --------------------------------------------------------------------------- compile checks (CPU)
+
+# (name, kernel factory): one per schedule and epilogue family; tiles from the selector table.
+VARIANTS = [
+    ("fc1_micro_64x8_swiglu", lambda: GroupedGemm("fc1", TileConfig(64, 8, 4, 1, 8), "m_fastest")),
+    ("fc1_static_128x32_swiglu_lora_oss", lambda: GroupedGemm("fc1", TileConfig(128, 32, 4, 1, 4), "tiles_fastest",
+                                                              has_lora=True, has_alpha=True, has_beta=True,
+                                                              has_clamp=True)),
+    ("fc1_dynamic_128x128_relu2", lambda: GroupedGemm("fc1", TileConfig(128, 128, 2, 2, 3), "persistent",
+                                                      activation=RELU2)),
+    ("fc2_dynamic_256x128", lambda: GroupedGemm("fc2", TileConfig(256, 128, 4, 2, 3), "persistent")),
+    ("fc2_micro_64x16", lambda: GroupedGemm("fc2", TileConfig(64, 16, 4, 1, 8), "m_fastest")),
+]
+PTX_NEEDLES = ["mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", "ldmatrix.sync.aligned",
+               "cp.async.cg.shared.global", "cp.async.wait_group", "st.global.v4"]
+STACK_BUDGET_BYTES = 0  # no spills, no local arrays
+
+
+def cubin_resources(cubin: bytes) -> dict:
+    """``{"regs": max registers, "frame": max stack frame bytes}`` over the cubin's kernels, read
+    from the ELF ``.nv.info`` section (EIATTR_REGCOUNT 0x2f, EIATTR_FRAME_SIZE 0x11: entries
+    ``(format 0x04, attribute, u16 size, u32 symbol, u32 value)``)."""
+    shoff = struct.unpack_from("<Q", cubin, 0x28)[0]
+    shentsize, shnum = struct.unpack_from("<HH", cubin, 0x3A)
+    shstrndx = struct.unpack_from("<H", cubin, 0x3E)[0]
+    sections = [struct.unpack_from("<IIQQQQIIQQ", cubin, shoff + i * shentsize) for i in range(shnum)]
+    names_at = sections[shstrndx][4]
+
+    def name(sec):
+        start = names_at + sec[0]
+        return cubin[start:cubin.index(b"\0", start)].decode()
+
+    found = {"regs": [], "frame": []}
+    for sec in sections:
+        if name(sec) != ".nv.info":
+            continue
+        body = cubin[sec[4]:sec[4] + sec[5]]
+        i = 0
+        while i < len(body):
+            fmt, attr = body[i], body[i + 1]
+            if fmt == 0x04:
+                size = struct.unpack_from("<H", body, i + 2)[0]
+                if attr in (0x2F, 0x11) and size == 8:
+                    value = struct.unpack_from("<II", body, i + 4)[1]
+                    found["regs" if attr == 0x2F else "frame"].append(value)
+                i += 4 + size
+            elif fmt == 0x01:
+                i += 2
+            else:
+                i += 4
+    if not found["regs"]:
+        raise AssertionError("no EIATTR_REGCOUNT in the cubin")
+    return {"regs": max(found["regs"]), "frame": max(found["frame"], default=0)}
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("arch", runtime.TARGET_ARCHS)
+@pytest.mark.parametrize("name,make", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_variant_compiles_without_spills(arch, name, make):
+    import cutlass.cute as cute
+
+    compiled = cute.compile(make(), *example_args(),
+                            options=f"--gpu-arch {arch} --keep-ptx --keep-cubin --dump-dir {runtime._dump_dir()}")
+    ptx = compiled.artifacts.PTX
+    assert f".target {arch}" in ptx
+    for needle in PTX_NEEDLES:
+        assert needle in ptx, f"{name} on {arch}: '{needle}' missing from the PTX"
+    assert ".local" not in ptx, f"{name} on {arch}: local memory in the PTX"
+    res = cubin_resources(compiled.artifacts.CUBIN)
+    assert res["frame"] <= STACK_BUDGET_BYTES, f"{name} on {arch}: {res['frame']} bytes of stack (spills)"
+    assert res["regs"] <= 255
+
+
+def test_cubin_reader_rejects_a_cubin_without_register_counts():
+    # a minimal ELF64 header with one empty section table entry: no .nv.info, no counts
+    header = bytearray(64)
+    header[:4] = b"\x7fELF"
+    struct.pack_into("<Q", header, 0x28, 64)
+    struct.pack_into("<HHH", header, 0x3A, 64, 1, 0)
+    blob = bytes(header) + bytes(64) + b"\0"
+    with pytest.raises(AssertionError):
+        cubin_resources(blob)
+
+
+# --------------------------------------------------------------------------- selector and configs (CPU)
+
+
+def test_selector_follows_routed_rows_per_expert(monkeypatch):
+    monkeypatch.delenv(ENV_VARIANT, raising=False)
+    kw = dict(top_k=8, hidden_size=2048, intermediate_size=768, local_num_experts=128, arch="sm_90a")
+    decode = select_config(num_tokens=1, **kw)
+    prefill = select_config(num_tokens=8192, **kw)
+    assert decode.variant == "micro" and decode.tile_rows == 8 and decode.pdl
+    assert prefill.variant == "dynamic" and prefill.tile_rows == 128 and not prefill.pdl
+    assert select_config(num_tokens=8192, **{**kw, "arch": "sm_120a"}).fc1.fits("sm_120a")
+    previous = 0
+    for t in (1, 2, 8, 64, 256, 512, 1024, 4096, 16384):
+        c = select_config(num_tokens=t, **kw)
+        assert c.tile_rows >= previous, "token tile shrank as the load grew"
+        previous = c.tile_rows
+        assert c.fc1.bn == c.fc2.bn == c.tile_rows
+
+
+def test_selector_forced_variant(monkeypatch):
+    kw = dict(num_tokens=4096, top_k=8, hidden_size=2048, intermediate_size=768, local_num_experts=128, arch="sm_90a")
+    monkeypatch.delenv(ENV_VARIANT, raising=False)
+    assert select_config(variant="micro", **kw).variant == "micro"
+    monkeypatch.setenv(ENV_VARIANT, "static")
+    assert select_config(**kw).variant == "static"
+    assert select_config(variant="dynamic", **kw).variant == "dynamic"  # the argument wins
+    monkeypatch.setenv(ENV_VARIANT, "fast")
+    with pytest.raises(ValueError, match=ENV_VARIANT):
+        select_config(**kw)
+    with pytest.raises(ValueError, match="variant"):
+        select_config(variant="huge", **{k: v for k, v in kw.items()})
+
+
+@pytest.mark.parametrize("arch", runtime.TARGET_ARCHS)
+def test_every_table_tile_fits_its_arch(arch):
+    for (variant, bn), (fc1, fc2, ctas, pdl) in TILES[arch].items():
+        assert fc1.bn == fc2.bn == bn
+        assert fc1.fits(arch) and fc2.fits(arch), f"{variant} bn={bn} does not fit {arch}"
+        assert GemmConfig(variant, fc1, fc2, ctas, pdl).tile_rows == bn
+
+
+def test_warmup_compiles_fc1_and_fc2_once():
+    from cute_moe.gemm import warmup
+
+    config = GemmConfig("micro", TileConfig(64, 8, 4, 1, 2), TileConfig(64, 8, 4, 1, 3))
+    first = warmup([config], arch="sm_120a")
+    assert len(first) == 2 and all(s > 0 for s in first.values())
+    again = warmup([config, config], arch="sm_120a")
+    assert set(again) == set(first)
+    assert sum(again.values()) < 0.5 * sum(first.values())  # served from the kernel cache
+
+
+def test_tile_config_rejects_bad_tiles():
+    with pytest.raises(ValueError, match="bm"):
+        TileConfig(96, 8, 4, 1, 4)
+    with pytest.raises(ValueError, match="split"):
+        TileConfig(64, 8, 2, 2, 4)  # 8 token rows over 2 warps of 8-column MMAs
+    with pytest.raises(ValueError, match="shared memory"):
+        TileConfig(128, 128, 2, 4, 12)
+    with pytest.raises(ValueError, match="bn must match"):
+        GemmConfig("static", TileConfig(64, 8, 4, 1, 4), TileConfig(64, 16, 4, 1, 4))
+
+
+def test_wrappers_reject_cpu_tensors():
+    from cute_moe.gemm import grouped_gemm_fc1
+    from cute_moe.reference import reference_plan
+
+    ids = torch.randint(0, 4, (3, 2), dtype=torch.int32)
+    plan = reference_plan(ids, 2, 0, 4, 8)
+    config = select_config(num_tokens=3, top_k=2, hidden_size=128, intermediate_size=128, local_num_experts=4,
+                           arch="sm_90a")
+    w1 = torch.zeros(4, 2, 256, 64, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="CUDA"):
+        grouped_gemm_fc1(torch.zeros(3, 128, dtype=torch.bfloat16), plan, w1, top_k=2, intermediate_size=128,
+                         activation_type=SWIGLU, config=config)
+
+
+# --------------------------------------------------------------------------- GPU correctness
+
+SHAPES = {"qwen3": (2048, 768), "gptoss": (2880, 2880), "dsv3": (7168, 2048), "relu2": (2048, 1024)}
+
+
+@dataclass(frozen=True)
+class Case:
+    shape: str
+    experts: int  # E (global ids are drawn from [0, E))
+    top_k: int
+    tokens: int
+    local: Optional[int] = None  # L (default E)
+    offset: int = 0
+    activation: int = SWIGLU
+    variant: Optional[str] = None
+    tile: Optional[Tuple] = None  # (variant, bn) of the selector table or (variant, fc1, fc2, ctas)
+    routing: str = "uniform"  # uniform | hot (slot 0 -> one expert) | few (8 experts receive everything)
+    lora: bool = False
+    oss: Tuple[bool, bool, bool] = (False, False, False)  # alpha, beta, clamp given
+
+    @property
+    def num_local(self) -> int:
+        return self.local or self.experts
+
+    def __str__(self):
+        parts = [self.shape, f"E{self.experts}", f"L{self.num_local}@{self.offset}", f"k{self.top_k}",
+                 f"T{self.tokens}", self.routing]
+        if self.variant:
+            parts.append(self.variant)
+        if self.tile and len(self.tile) == 2:
+            parts.append(f"{self.tile[0]}{self.tile[1]}")
+        elif self.tile:
+            parts.append(f"{self.tile[0]}:{self.tile[1].tag}:{self.tile[2].tag}")
+        if self.activation == RELU2:
+            parts.append("relu2")
+        if self.lora:
+            parts.append("lora")
+        if any(self.oss):
+            parts.append("oss" + "".join("abc"[i] for i in range(3) if self.oss[i]))
+        return "-".join(parts)
+
+
+CASES = [
+    *[Case("qwen3", 128, 8, t) for t in (1, 3, 16, 128, 1000, 4096)],
+    *[Case("qwen3", 64, 4, 200, tile=key) for key in sorted(TILES["sm_90a"])],
+    *[Case("gptoss", 32, 4, 700, tile=(v, TileConfig(*a), TileConfig(*b), c)) for v, a, b, c in (
+        ("dynamic", (256, 128, 4, 2, 3), (256, 128, 4, 2, 2), 1),
+        ("dynamic", (128, 128, 2, 2, 3), (128, 128, 2, 2, 3), 2),
+        ("static", (128, 128, 2, 2, 3), (128, 128, 2, 2, 3), 1),
+        ("micro", (128, 8, 4, 1, 6), (128, 8, 4, 1, 6), 1))],
+    *[Case("gptoss", 32, 4, t, variant=v, oss=(True, True, True)) for t in (1, 128, 1000)
+      for v in ("micro", "static", "dynamic")],
+    Case("gptoss", 32, 4, 64, oss=(True, False, False)),
+    Case("gptoss", 32, 4, 300, oss=(False, True, True), lora=True),
+    *[Case("dsv3", 256, 8, t, local=16, offset=32) for t in (1, 64, 1000)],
+    Case("dsv3", 64, 8, 333, local=16, offset=48, variant="dynamic"),
+    Case("qwen3", 128, 8, 1000, routing="hot"),
+    Case("qwen3", 128, 8, 512, routing="hot", variant="static"),
+    Case("qwen3", 64, 6, 100, routing="few"),
+    Case("qwen3", 128, 8, 128, lora=True),
+    Case("qwen3", 128, 8, 2, lora=True, variant="micro"),
+    Case("qwen3", 16, 1, 16),
+    Case("qwen3", 16, 1, 3000, variant="dynamic"),
+    Case("qwen3", 40, 3, 777, local=10, offset=30, variant="static"),
+    *[Case("relu2", 16, 2, t, activation=RELU2) for t in (3, 1000)],
+    Case("relu2", 16, 2, 200, activation=RELU2, variant="micro"),
+]
+
+_WEIGHTS = {}
+
+
+def _weights(shape: str, local: int, activation: int):
+    """Canonical fp32-exact bf16 weights and their prepared forms, one shape resident at a time."""
+    from cute_moe.prepare import prepare_bf16_moe_weights
+
+    key = (shape, local, activation)
+    if key not in _WEIGHTS:
+        _WEIGHTS.clear()
+        h, i = SHAPES[shape]
+        m = 2 * i if activation == SWIGLU else i
+        w1 = (torch.randn(local, m, h, device="cuda") * h ** -0.5).to(torch.bfloat16)
+        w2 = (torch.randn(local, h, i, device="cuda") * i ** -0.5).to(torch.bfloat16)
+        g1, g2 = prepare_bf16_moe_weights(w1, w2, activation)
+        _WEIGHTS[key] = (w1, w2, g1, g2)
+    return _WEIGHTS[key]
+
+
+def _routing(case: Case) -> torch.Tensor:
+    t, k, e = case.tokens, case.top_k, case.experts
+    if case.routing == "few":
+        pool = torch.randperm(e, device="cuda")[:8]
+        ids = pool[torch.rand(t, 8, device="cuda").argsort(dim=1)[:, :k]]
+    else:
+        ids = torch.rand(t, e, device="cuda").argsort(dim=1)[:, :k]
+    if case.routing == "hot":
+        hot = case.offset + 5
+        # slot 0 of every token goes to the hot expert; a token that already had it swaps it out
+        clash = (ids[:, 1:] == hot)
+        ids[:, 1:] = torch.where(clash, ids[:, :1].expand_as(ids[:, 1:]), ids[:, 1:])
+        ids[:, 0] = hot
+    return ids.to(torch.int32)
+
+
+def _config(case: Case) -> GemmConfig:
+    h, i = SHAPES[case.shape]
+    if case.tile is not None and len(case.tile) == 4:
+        return GemmConfig(*case.tile)
+    if case.tile is not None:
+        fc1, fc2, ctas, pdl = TILES["sm_90a"][case.tile]
+        return GemmConfig(case.tile[0], fc1, fc2, ctas, pdl)
+    return select_config(num_tokens=case.tokens, top_k=case.top_k, hidden_size=h, intermediate_size=i,
+                         local_num_experts=case.num_local, device=torch.device("cuda"), variant=case.variant)
+
+
+def _rows_of(plan):
+    """(row, local expert, expanded index) of every routed permuted row, and the padding rows of
+    tiles (read back on the host: test only)."""
+    num_tiles = int(plan.counters[0])
+    info = plan.tile_info[:num_tiles].long().cpu()
+    rows, experts, pads = [], [], []
+    for e, first, n, _ in info.tolist():
+        rows.append(torch.arange(first, first + n))
+        experts.append(torch.full((n,), e))
+        pads.append(torch.arange(first + n, first + plan.shape.tile_rows))
+    cat = lambda xs: torch.cat(xs).cuda() if xs else torch.empty(0, dtype=torch.long, device="cuda")  # noqa: E731
+    rows, experts, pads = cat(rows), cat(experts), cat(pads)
+    return rows, experts, plan.permuted_idx_to_expanded_idx[rows].long(), pads
+
+
+def _compare(out: torch.Tensor, ref: torch.Tensor, record, what: str):
+    out, ref = out.float(), ref.float()
+    assert not torch.isnan(out).any(), f"{what}: NaN in routed rows (unwritten or NaN result)"
+    diff = out - ref
+    rel = (diff.norm() / ref.norm().clamp_min(1e-30)).item() if ref.numel() else 0.0
+    max_abs = diff.abs().max().item() if ref.numel() else 0.0
+    record(rel, max_abs, gemm=what)
+    assert rel <= REL_BOUND, f"{what}: rel err {rel:.3e} > {REL_BOUND}"
+
+
+def _activation_ref(h: torch.Tensor, case: Case, alpha, beta, limit, experts) -> torch.Tensor:
+    if case.activation == RELU2:
+        return torch.relu(h) ** 2
+    i = h.shape[1] // 2
+    up, gate = h[:, :i], h[:, i:]
+    if not any(case.oss):
+        return F.silu(gate) * up
+    pick = lambda v, default: v[experts].unsqueeze(1) if v is not None else default  # noqa: E731
+    a, b, c = pick(alpha, 1.0), pick(beta, 0.0), pick(limit, None)
+    if c is not None:
+        up = torch.minimum(torch.maximum(up, -c), c)
+        gate = torch.minimum(gate, c)
+    return gate * torch.sigmoid(a * gate) * (up + b)
+
+
+def _run_case(case: Case, record):
+    from cute_moe.gemm import grouped_gemm_fc1, grouped_gemm_fc2
+    from cute_moe.reference import reference_plan
+
+    h, i = SHAPES[case.shape]
+    w1, w2, g1, g2 = _weights(case.shape, case.num_local, case.activation)
+    config = _config(case)
+    ids = _routing(case)
+    plan = reference_plan(ids, case.top_k, case.offset, case.num_local, config.tile_rows)
+    x = torch.randn(case.tokens, h, device="cuda").to(torch.bfloat16)
+    rows, experts, expanded, pads = _rows_of(plan)
+    p = plan.shape.max_padded_rows
+    n = case.num_local
+    alpha = (1.0 + torch.rand(n, device="cuda")) if case.oss[0] else None
+    beta = torch.rand(n, device="cuda") if case.oss[1] else None
+    limit = (0.5 + torch.rand(n, device="cuda")) if case.oss[2] else None
+    m = w1.shape[1]
+    delta = (0.5 * torch.randn(case.tokens, case.top_k, m, device="cuda")).to(torch.bfloat16) if case.lora else None
+
+    act = torch.full((p, i), float("nan"), dtype=torch.bfloat16, device="cuda")
+    grouped_gemm_fc1(x, plan, g1, top_k=case.top_k, intermediate_size=i, activation_type=case.activation,
+                     config=config, gemm1_alpha=alpha, gemm1_beta=beta, gemm1_clamp_limit=limit,
+                     gemm1_lora_delta=delta, out=act)
+    # FC2 on a fresh random input in the same plan rows, so it is checked independently of FC1
+    act_in = torch.randn(p, i, device="cuda").to(torch.bfloat16)
+    y = torch.full((p, h), float("nan"), dtype=torch.bfloat16, device="cuda")
+    grouped_gemm_fc2(act_in, plan, g2, hidden_size=h, config=config, out=y)
+    torch.cuda.synchronize()
+
+    tokens = expanded // case.top_k
+    h1 = torch.empty(rows.numel(), m, device="cuda")
+    y_ref = torch.empty(rows.numel(), h, device="cuda")
+    for e in experts.unique().tolist():
+        sel = experts == e
+        h1[sel] = x[tokens[sel]].float() @ w1[e].float().T
+        y_ref[sel] = act_in[rows[sel]].float() @ w2[e].float().T
+    if delta is not None:
+        h1 = h1 + delta.reshape(-1, m)[expanded].float()
+    act_ref = _activation_ref(h1, case, alpha, beta, limit, experts)
+    _compare(act[rows], act_ref, record, "fc1")
+    _compare(y[rows], y_ref, record, "fc2")
+    assert torch.isnan(act[pads].float()).all(), "FC1 stored a padding row"
+    assert torch.isnan(y[pads].float()).all(), "FC2 stored a padding row"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_fc1_fc2_match_float_reference(case, record_error):
+    _run_case(case, record_error)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant,pdl", [("micro", True), ("static", False), ("dynamic", True)])
+def test_cuda_graph_replays_with_new_routing(variant, pdl, record_error):
+    from cute_moe.gemm import grouped_gemm_fc1, grouped_gemm_fc2
+    from cute_moe.reference import reference_plan
+
+    case = Case("qwen3", 64, 8, 96, variant=variant)
+    h, i = SHAPES[case.shape]
+    w1, w2, g1, g2 = _weights(case.shape, case.num_local, case.activation)
+    config = dataclasses.replace(_config(case), pdl=pdl)
+    x = torch.randn(case.tokens, h, device="cuda").to(torch.bfloat16)
+    plan = reference_plan(_routing(case), case.top_k, 0, case.num_local, config.tile_rows)
+    p = plan.shape.max_padded_rows
+    act = torch.empty(p, i, dtype=torch.bfloat16, device="cuda")
+    y = torch.empty(p, h, dtype=torch.bfloat16, device="cuda")
+
+    def step():
+        grouped_gemm_fc1(x, plan, g1, top_k=case.top_k, intermediate_size=i, activation_type=SWIGLU,
+                         config=config, out=act)
+        grouped_gemm_fc2(act, plan, g2, hidden_size=h, config=config, out=y)
+
+    step()  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for _ in range(2):
+        new = reference_plan(_routing(case), case.top_k, 0, case.num_local, config.tile_rows)
+        for name in ("expert_counts", "expert_offsets", "expanded_idx_to_permuted_idx",
+                     "permuted_idx_to_expanded_idx", "tile_info", "counters"):
+            getattr(plan, name).copy_(getattr(new, name))
+        x.copy_(torch.randn_like(x, dtype=torch.float32).to(torch.bfloat16))
+        act.fill_(float("nan"))
+        y.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        rows, experts, expanded, _ = _rows_of(plan)
+        tokens = expanded // case.top_k
+        y_ref = torch.empty(rows.numel(), h, device="cuda")
+        for e in experts.unique().tolist():
+            sel = experts == e
+            a = F.silu(x[tokens[sel]].float() @ w1[e, i:].float().T) * (x[tokens[sel]].float() @ w1[e, :i].float().T)
+            y_ref[sel] = a.to(torch.bfloat16).float() @ w2[e].float().T
+        _compare(y[rows], y_ref, record_error, "fc1+fc2")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant,tokens", [("micro", 1), ("static", 300), ("dynamic", 2000)])
+def test_programmatic_launch_chain(variant, tokens, record_error):
+    """FC1 -> FC2 launched as programmatic dependents: FC2 streams weights before FC1 ends and
+    must still read FC1's finished act."""
+    from cute_moe.gemm import grouped_gemm_fc1, grouped_gemm_fc2
+    from cute_moe.reference import reference_plan
+
+    case = Case("qwen3", 128, 8, tokens, variant=variant)
+    h, i = SHAPES[case.shape]
+    w1, w2, g1, g2 = _weights(case.shape, case.num_local, case.activation)
+    config = dataclasses.replace(_config(case), pdl=True)
+    plan = reference_plan(_routing(case), case.top_k, 0, case.num_local, config.tile_rows)
+    x = torch.randn(tokens, h, device="cuda").to(torch.bfloat16)
+    p = plan.shape.max_padded_rows
+    act = torch.full((p, i), float("nan"), dtype=torch.bfloat16, device="cuda")
+    y = torch.full((p, h), float("nan"), dtype=torch.bfloat16, device="cuda")
+    for _ in range(3):
+        grouped_gemm_fc1(x, plan, g1, top_k=case.top_k, intermediate_size=i, activation_type=SWIGLU,
+                         config=config, out=act)
+        grouped_gemm_fc2(act, plan, g2, hidden_size=h, config=config, out=y)
+    torch.cuda.synchronize()
+    rows, experts, expanded, _ = _rows_of(plan)
+    tokens_of = expanded // case.top_k
+    act_ref = torch.empty(rows.numel(), i, device="cuda")
+    y_ref = torch.empty(rows.numel(), h, device="cuda")
+    for e in experts.unique().tolist():
+        sel = experts == e
+        h1 = x[tokens_of[sel]].float() @ w1[e].float().T
+        act_ref[sel] = F.silu(h1[:, i:]) * h1[:, :i]
+        y_ref[sel] = act[rows[sel]].float() @ w2[e].float().T  # FC2 of the act FC1 wrote
+    _compare(act[rows], act_ref, record_error, "fc1")
+    _compare(y[rows], y_ref, record_error, "fc2")
