@@ -2,15 +2,18 @@
 capture it.
 
 ``cute_moe::fused_moe`` takes the flattened ``MoeCall`` (see cute_moe.pipeline). It writes the
-caller's ``output`` (do_finalize) and ``routing_replay_out`` in place and returns only freshly
-allocated tensors; the entry points in cute_moe.moe put FlashInfer's return list together.
+caller's ``output`` (do_finalize) and ``routing_replay_out`` in place and returns a fixed
+4-tuple of freshly allocated tensors ``(gemm2_output, expert_weights, expanded_idx_to_permuted_idx,
+gemm1_output)``, empty where the call does not produce one; ``call_fused_moe`` puts FlashInfer's
+return list together. (torch.compile functionalizes a mutating custom op only when its arguments
+are plain tensors and its returns a fixed tuple: absent buffers travel as empty tensors.)
 The fake implementation derives every shape from the arguments alone: the permuted row count
 follows from the selector's tile height, itself a function of shapes.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -32,12 +35,12 @@ def fused_moe(
     routing_bias: Optional[torch.Tensor],
     topk_ids: Optional[torch.Tensor],
     topk_weights: Optional[torch.Tensor],
-    routing_replay_out: Optional[torch.Tensor],
+    routing_replay_out: torch.Tensor,
     gemm1_lora_delta: Optional[torch.Tensor],
     gemm1_alpha: Optional[torch.Tensor],
     gemm1_beta: Optional[torch.Tensor],
     gemm1_clamp_limit: Optional[torch.Tensor],
-    output: Optional[torch.Tensor],
+    output: torch.Tensor,
     num_experts: int,
     top_k: int,
     n_group: Optional[int],
@@ -51,7 +54,7 @@ def fused_moe(
     norm_topk_prob: bool,
     do_finalize: bool,
     gemm_variant: Optional[str],
-) -> List[torch.Tensor]:
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     call = MoeCall(
         mode=RoutingInputMode(mode), hidden_states=hidden_states,
         weights=ExpertWeights(weight_kind, gemm1, gemm2, gemm1_scale, gemm2_scale),
@@ -60,17 +63,23 @@ def fused_moe(
         local_num_experts=local_num_experts, routed_scaling_factor=routed_scaling_factor,
         routing_method_type=routing_method_type, activation_type=activation_type,
         norm_topk_prob=norm_topk_prob, routing_logits=routing_logits, routing_bias=routing_bias,
-        topk_ids=topk_ids, topk_weights=topk_weights, routing_replay_out=routing_replay_out,
+        topk_ids=topk_ids, topk_weights=topk_weights,
+        routing_replay_out=routing_replay_out if routing_replay_out.numel() else None,
         gemm1_lora_delta=gemm1_lora_delta, gemm1_alpha=gemm1_alpha, gemm1_beta=gemm1_beta,
-        gemm1_clamp_limit=gemm1_clamp_limit, do_finalize=do_finalize, output=output,
-        gemm_variant=gemm_variant,
+        gemm1_clamp_limit=gemm1_clamp_limit, do_finalize=do_finalize,
+        output=output if do_finalize else None, gemm_variant=gemm_variant,
     )
     result = run_moe(call)
-    if do_finalize:
-        return result[1:]  # `output` itself was written in place
-    if result[1] is topk_weights:  # a custom op may not return its own input
-        result[1] = topk_weights.clone()
-    return result
+    lora = gemm1_lora_delta is not None
+    empty = hidden_states.new_empty
+    act = result[-1] if lora else empty((0, intermediate_size), dtype=torch.bfloat16)
+    if do_finalize:  # [output (written in place), (perm, act with LoRA)]
+        perm = result[1] if lora else empty((0,), dtype=torch.int32)
+        return empty((0, hidden_states.shape[1]), dtype=torch.bfloat16), empty((0, top_k), dtype=torch.bfloat16), perm, act
+    gemm2_output, weights, perm = result[:3]
+    if weights is topk_weights:  # a custom op may not return its own input
+        weights = topk_weights.clone()
+    return gemm2_output, weights, perm, act
 
 
 @fused_moe.register_fake
@@ -88,24 +97,29 @@ def _fused_moe_fake(mode, hidden_states, weight_kind, gemm1, gemm1_scale, gemm2,
                            device=hidden_states.device, variant=gemm_variant)
     rows = PlanShape(t, top_k, local_num_experts, config.tile_rows).max_padded_rows if t else 0
     new = hidden_states.new_empty
-    perm = new((t * top_k,), dtype=torch.int32)
-    extra = [new((rows, intermediate_size), dtype=torch.bfloat16)] if gemm1_lora_delta is not None else []
+    lora = gemm1_lora_delta is not None
+    act = new((rows if lora else 0, intermediate_size), dtype=torch.bfloat16)
+    perm = new((t * top_k if (lora or not do_finalize) else 0,), dtype=torch.int32)
     if do_finalize:
-        return [perm] + extra if extra else []
+        return new((0, h), dtype=torch.bfloat16), new((0, top_k), dtype=torch.bfloat16), perm, act
     weights_dtype = topk_weights.dtype if topk_weights is not None else torch.bfloat16
-    return [new((rows, h), dtype=torch.bfloat16), new((t, top_k), dtype=weights_dtype), perm] + extra
+    return new((rows, h), dtype=torch.bfloat16), new((t, top_k), dtype=weights_dtype), perm, act
 
 
 def call_fused_moe(call: MoeCall) -> List[torch.Tensor]:
     """Run ``call`` through the custom op and return FlashInfer's list."""
+    dev = call.hidden_states.device
     output = call.output
-    if call.do_finalize and output is None:
-        output = torch.empty(call.num_tokens, call.hidden_size, dtype=torch.bfloat16,
-                             device=call.hidden_states.device)
+    if output is None:
+        rows = call.num_tokens if call.do_finalize else 0
+        output = torch.empty(rows, call.hidden_size, dtype=torch.bfloat16, device=dev)
+    replay = call.routing_replay_out
+    if replay is None:
+        replay = torch.empty(0, call.top_k, dtype=torch.int16, device=dev)
     w = call.weights
-    result = fused_moe(
+    gemm2_output, weights, perm, act = fused_moe(
         int(call.mode), call.hidden_states, w.kind, w.gemm1, w.gemm1_scale, w.gemm2, w.gemm2_scale,
-        call.routing_logits, call.routing_bias, call.topk_ids, call.topk_weights, call.routing_replay_out,
+        call.routing_logits, call.routing_bias, call.topk_ids, call.topk_weights, replay,
         call.gemm1_lora_delta, call.gemm1_alpha, call.gemm1_beta, call.gemm1_clamp_limit, output,
         call.num_experts, call.top_k, call.n_group, call.topk_group, call.intermediate_size,
         call.local_expert_offset, call.local_num_experts,
@@ -113,4 +127,7 @@ def call_fused_moe(call: MoeCall) -> List[torch.Tensor]:
         int(call.routing_method_type), int(call.activation_type), bool(call.norm_topk_prob),
         bool(call.do_finalize), call.gemm_variant,
     )
-    return [output] + list(result) if call.do_finalize else list(result)
+    extra = [act] if call.gemm1_lora_delta is not None else []
+    if call.do_finalize:
+        return [output] + ([perm] + extra if extra else [])
+    return [gemm2_output, weights, perm] + extra

@@ -4,6 +4,7 @@ no-GPU exit and GPU-comparison mode."""
 import json
 
 import pytest
+import torch
 
 from cute_moe.cli import bench, demo
 from cute_moe.kernels.runtime import gpu_available
@@ -44,3 +45,30 @@ def test_table_reports_speedup_over_the_torch_pipeline():
     table = bench.format_table(rows)
     line = next(x for x in table.splitlines() if "cute_bf16" in x and x.split()[1] == "64")
     assert line.split()[-1] == "3.00x"
+
+
+def test_fused_moe_op_is_functionalizable_by_torch_compile():
+    from torch._higher_order_ops.auto_functionalize import can_auto_functionalize
+
+    import cute_moe.ops  # noqa: F401  (registers the op)
+
+    op = torch.ops.cute_moe.fused_moe.default
+    assert can_auto_functionalize(op)
+    mutated = {a.name for a in op._schema.arguments if a.alias_info is not None and a.alias_info.is_write}
+    assert mutated == {"output", "routing_replay_out"}
+
+
+@pytest.mark.parametrize("preset", ["qwen3-30b-a3b", "deepseek-v3", "gpt-oss-120b", "kimi-k2", "mixtral-8x7b"])
+def test_peer_routing_agrees_with_the_reference(preset):
+    from cute_moe.bench.peers import _route
+    from cute_moe.bench.presets import PRESETS
+    from cute_moe.routing_ref import route_reference
+
+    s = PRESETS[preset]
+    logits = torch.randn(64, s.num_experts)
+    bias = (torch.randn(s.num_experts) * 0.1).to(torch.bfloat16) if s.routing_method.name == "DeepSeekV3" else None
+    ids, w = _route(s, logits, bias)
+    ref_ids, ref_w = route_reference(logits, bias, s.top_k, s.routing_method, n_group=s.n_group,
+                                     topk_group=s.topk_group, routed_scaling_factor=s.routed_scaling_factor)
+    assert torch.equal(ids.int(), ref_ids)
+    torch.testing.assert_close(w.float(), ref_w, rtol=8e-3, atol=1e-3)

@@ -16,8 +16,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..enums import ActivationType
-from ..routing_ref import route_reference
+from ..enums import ActivationType, RoutingMethodType as RM
 from .presets import MoeShape
 
 
@@ -37,11 +36,29 @@ def _activation(h: torch.Tensor, shape: MoeShape) -> torch.Tensor:
 
 
 def _route(shape: MoeShape, logits: torch.Tensor, bias: Optional[torch.Tensor]):
-    ids, weights = route_reference(
-        logits, bias, shape.top_k, shape.routing_method, n_group=shape.n_group,
-        topk_group=shape.topk_group, routed_scaling_factor=shape.routed_scaling_factor,
-    )
-    return ids.long(), weights.to(torch.bfloat16)
+    """torch.topk routing of the presets' methods, with no host synchronization (graph-capturable)."""
+    k, x = shape.top_k, logits.float()
+    if shape.routing_method in (RM.Renormalize, RM.RenormalizeNaive):
+        vals, ids = torch.topk(x, k, dim=-1)
+        weights = torch.softmax(vals, dim=-1)
+    elif shape.routing_method == RM.Default:
+        vals, ids = torch.topk(torch.softmax(x, dim=-1), k, dim=-1)
+        weights = vals
+    elif shape.routing_method == RM.DeepSeekV3:
+        scores = torch.sigmoid(x)
+        biased = scores + (0 if bias is None else bias.float())
+        n_group = shape.n_group or 1
+        if n_group > 1:
+            grouped = biased.view(x.shape[0], n_group, -1)
+            group_score = grouped.topk(2, dim=-1).values.sum(-1)
+            keep = torch.zeros_like(group_score).scatter_(1, group_score.topk(shape.topk_group, dim=-1).indices, 1.0)
+            biased = biased.masked_fill(keep.repeat_interleave(x.shape[1] // n_group, dim=1) == 0, float("-inf"))
+        ids = biased.topk(k, dim=-1).indices
+        picked = scores.gather(1, ids)
+        weights = picked / (picked.sum(-1, keepdim=True) + 1e-20) * (shape.routed_scaling_factor or 1.0)
+    else:
+        raise ValueError(f"no torch peer routing for {shape.routing_method.name}")
+    return ids, weights.to(torch.bfloat16)
 
 
 class GroupedMmPipeline:

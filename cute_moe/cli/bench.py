@@ -39,6 +39,8 @@ def _parse_args(argv):
     p.add_argument("--reps", type=int, default=50, help="timed graph replays per point (default %(default)s)")
     p.add_argument("--out", type=Path, default=Path("bench.jsonl"), help="JSON lines output (default %(default)s)")
     p.add_argument("--plot", type=Path, help="write a PNG: floor ratio and time vs tokens per implementation")
+    p.add_argument("--stages", action="store_true",
+                   help="also time each stage of the bf16 pipeline alone (route, plan, FC1, FC2, combine)")
     p.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"), help="compare two JSON-lines runs")
     return p.parse_args(argv)
 
@@ -130,6 +132,14 @@ def run(args) -> List[Dict[str, object]]:
                 rows.append(row)
                 sink.write(json.dumps(row) + "\n")
                 sink.flush()
+                if args.stages and name == next(iter(impls)) and shape.weight_format == "bf16":
+                    from ..bench.stages import stage_times
+
+                    st = stage_times(weights, sets[0])
+                    print(f"stages {shape.name} T={t}: " + ", ".join(
+                        f"{k} {v:.1f} us" if isinstance(v, float) else f"{k} {v}" for k, v in st.items()),
+                        file=sys.stderr)
+                    sink.write(json.dumps({**env, "preset": shape.name, "tokens": t, "stages_us": st}) + "\n")
             del weights, impls, inputs
             torch.cuda.empty_cache()
     return rows
@@ -179,6 +189,7 @@ def plot(rows: List[Dict[str, object]], path: Path) -> None:
 def compare(path_a: Path, path_b: Path) -> str:
     def load(p):
         rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if "impl" in r]  # stage-timing lines carry no implementation
         return {(r["preset"], r["impl"], r["tokens"]): r for r in rows}, (rows[0]["device"] if rows else "?")
 
     a, dev_a = load(path_a)
