@@ -24,7 +24,7 @@ from .plan import PlanShape
 
 @torch.library.custom_op("cute_moe::fused_moe", mutates_args=("output", "routing_replay_out"))
 def fused_moe(
-    mode: int,
+    routing_input_mode: int,
     hidden_states: torch.Tensor,
     weight_kind: str,
     gemm1: torch.Tensor,
@@ -56,7 +56,7 @@ def fused_moe(
     gemm_variant: Optional[str],
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     call = MoeCall(
-        mode=RoutingInputMode(mode), hidden_states=hidden_states,
+        mode=RoutingInputMode(routing_input_mode), hidden_states=hidden_states,
         weights=ExpertWeights(weight_kind, gemm1, gemm2, gemm1_scale, gemm2_scale),
         num_experts=num_experts, top_k=top_k, n_group=n_group, topk_group=topk_group,
         intermediate_size=intermediate_size, local_expert_offset=local_expert_offset,
@@ -83,7 +83,7 @@ def fused_moe(
 
 
 @fused_moe.register_fake
-def _fused_moe_fake(mode, hidden_states, weight_kind, gemm1, gemm1_scale, gemm2, gemm2_scale,
+def _fused_moe_fake(routing_input_mode, hidden_states, weight_kind, gemm1, gemm1_scale, gemm2, gemm2_scale,
                     routing_logits, routing_bias, topk_ids, topk_weights, routing_replay_out,
                     gemm1_lora_delta, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, output, num_experts,
                     top_k, n_group, topk_group, intermediate_size, local_expert_offset, local_num_experts,

@@ -47,17 +47,6 @@ def test_table_reports_speedup_over_the_torch_pipeline():
     assert line.split()[-1] == "3.00x"
 
 
-def test_fused_moe_op_is_functionalizable_by_torch_compile():
-    from torch._higher_order_ops.auto_functionalize import can_auto_functionalize
-
-    import cute_moe.ops  # noqa: F401  (registers the op)
-
-    op = torch.ops.cute_moe.fused_moe.default
-    assert can_auto_functionalize(op)
-    mutated = {a.name for a in op._schema.arguments if a.alias_info is not None and a.alias_info.is_write}
-    assert mutated == {"output", "routing_replay_out"}
-
-
 @pytest.mark.parametrize("preset", ["qwen3-30b-a3b", "deepseek-v3", "gpt-oss-120b", "kimi-k2", "mixtral-8x7b"])
 def test_peer_routing_agrees_with_the_reference(preset):
     from cute_moe.bench.peers import _route

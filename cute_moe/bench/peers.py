@@ -76,7 +76,9 @@ class GroupedMmPipeline:
         flat = ids.reshape(-1)
         order = torch.argsort(flat, stable=True)
         token = order // shape.top_k
-        counts = torch.bincount(flat, minlength=shape.num_experts)
+        # scatter_add_ rather than bincount, whose output size is read on the host
+        counts = torch.zeros(shape.num_experts, dtype=torch.int64, device=flat.device).scatter_add_(
+            0, flat, torch.ones_like(flat))
         offs = torch.cumsum(counts, 0, dtype=torch.int32)
         x = hidden.index_select(0, token)
         h = torch._grouped_mm(x, self.w1t, offs=offs)
