@@ -309,6 +309,22 @@ def _unprepare_mxint4(g1: torch.Tensor, g1s: torch.Tensor, g2: torch.Tensor, g2s
     return w1, s1, w2, s2
 
 
+def _check_mxint4_pair(gemm1_weights, gemm1_scales, gemm2_weights, gemm2_scales, h: int, i: int) -> None:
+    """FC1 ``[E, 2I, .]`` and FC2 ``[E, H, .]`` agree; sizes fill whole blocks; scales fit; one device."""
+    e, m = gemm1_weights.shape[:2]
+    if m != 2 * i:
+        raise ValueError(f"gemm1_weights: expected 2I = {2 * i} rows (I from gemm2_weights), got shape "
+                         f"{tuple(gemm1_weights.shape)}")
+    if gemm2_weights.shape[:2] != (e, h):
+        raise ValueError(f"gemm2_weights: expected [E, H, ...] = [{e}, {h}, ...] (from gemm1_weights), got shape "
+                         f"{tuple(gemm2_weights.shape)}")
+    _check_mxint4_sizes(h, i, "gemm1_weights", "gemm2_weights")
+    _check_mxint4_scales(gemm1_scales, "gemm1_scales", (e, m, h // MXINT4_GROUP), "[E, 2I, H/32]")
+    _check_mxint4_scales(gemm2_scales, "gemm2_scales", (e, h, i // MXINT4_GROUP), "[E, H, I/32]")
+    _check_same_device({"gemm1_weights": gemm1_weights, "gemm1_scales": gemm1_scales,
+                        "gemm2_weights": gemm2_weights, "gemm2_scales": gemm2_scales})
+
+
 def prepare_static_weights_for_trtllm_mxint4_moe(gemm1_weights: torch.Tensor, gemm1_scales: torch.Tensor,
                                                  gemm2_weights: torch.Tensor, gemm2_scales: torch.Tensor
                                                  ) -> Dict[str, torch.Tensor]:
@@ -334,19 +350,8 @@ def prepare_static_weights_for_trtllm_mxint4_moe(gemm1_weights: torch.Tensor, ge
     if gemm1_weights.dtype != gemm2_weights.dtype:
         raise TypeError(f"gemm2_weights: expected the dtype of gemm1_weights ({gemm1_weights.dtype}), "
                         f"got {gemm2_weights.dtype}")
-    e, m, _ = gemm1_weights.shape
     h, i = _values_per_row(gemm1_weights), _values_per_row(gemm2_weights)
-    if m != 2 * i:
-        raise ValueError(f"gemm1_weights: expected 2I = {2 * i} rows (I from gemm2_weights), got shape "
-                         f"{tuple(gemm1_weights.shape)}")
-    if gemm2_weights.shape[:2] != (e, h):
-        raise ValueError(f"gemm2_weights: expected [E, H, ...] = [{e}, {h}, ...] (from gemm1_weights), got shape "
-                         f"{tuple(gemm2_weights.shape)}")
-    _check_mxint4_sizes(h, i, "gemm1_weights", "gemm2_weights")
-    _check_mxint4_scales(gemm1_scales, "gemm1_scales", (e, m, h // MXINT4_GROUP), "[E, 2I, H/32]")
-    _check_mxint4_scales(gemm2_scales, "gemm2_scales", (e, h, i // MXINT4_GROUP), "[E, H, I/32]")
-    _check_same_device({"gemm1_weights": gemm1_weights, "gemm1_scales": gemm1_scales,
-                        "gemm2_weights": gemm2_weights, "gemm2_scales": gemm2_scales})
+    _check_mxint4_pair(gemm1_weights, gemm1_scales, gemm2_weights, gemm2_scales, h, i)
     g1, g1s, g2, g2s = _prepare_mxint4(_int4_bytes(gemm1_weights), gemm1_scales.contiguous(),
                                        _int4_bytes(gemm2_weights), gemm2_scales.contiguous(), checkpoint_order=True)
     return {"gemm1_weights": g1, "gemm1_scales": g1s, "gemm2_weights": g2, "gemm2_scales": g2s}
@@ -386,19 +391,8 @@ def prepare_mxint4_moe_weights(gemm1_weights: torch.Tensor, gemm1_scales: torch.
         raise TypeError(f"gemm2_weights: expected the dtype of gemm1_weights ({gemm1_weights.dtype}), "
                         f"got {gemm2_weights.dtype}")
     per_byte = 2 if gemm1_weights.dtype == torch.uint8 else 1
-    e, m, _ = gemm1_weights.shape
     h, i = gemm1_weights.shape[2] * per_byte, gemm2_weights.shape[2] * per_byte
-    if m != 2 * i:
-        raise ValueError(f"gemm1_weights: expected 2I = {2 * i} rows (I from gemm2_weights), got shape "
-                         f"{tuple(gemm1_weights.shape)}")
-    if gemm2_weights.shape[:2] != (e, h):
-        raise ValueError(f"gemm2_weights: expected [E, H, ...] = [{e}, {h}, ...] (from gemm1_weights), got shape "
-                         f"{tuple(gemm2_weights.shape)}")
-    _check_mxint4_sizes(h, i, "gemm1_weights", "gemm2_weights")
-    _check_mxint4_scales(gemm1_scales, "gemm1_scales", (e, m, h // MXINT4_GROUP), "[E, 2I, H/32]")
-    _check_mxint4_scales(gemm2_scales, "gemm2_scales", (e, h, i // MXINT4_GROUP), "[E, H, I/32]")
-    _check_same_device({"gemm1_weights": gemm1_weights, "gemm1_scales": gemm1_scales,
-                        "gemm2_weights": gemm2_weights, "gemm2_scales": gemm2_scales})
+    _check_mxint4_pair(gemm1_weights, gemm1_scales, gemm2_weights, gemm2_scales, h, i)
     if per_byte == 1:
         gemm1_weights, gemm2_weights = pack_int4(gemm1_weights), pack_int4(gemm2_weights)
     return _prepare_mxint4(gemm1_weights.contiguous(), gemm1_scales.contiguous(),
