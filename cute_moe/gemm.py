@@ -1,4 +1,4 @@
-"""Host wrappers of the grouped GEMMs (bf16 prepared weights): FC1 and FC2 of the MoE.
+"""Host wrappers of the grouped GEMMs (bf16 or MXINT4 prepared weights): FC1 and FC2 of the MoE.
 
 ``grouped_gemm_fc1`` (``L`` local experts, ``M = 2I`` gated or ``I``, ``P`` = plan rows)::
 
@@ -9,6 +9,10 @@ for every permuted row ``r`` of a plan tile of local expert ``e`` (``r < first_r
 ``gemm1_weights [L, H/64, M, 64]`` holds prepared (interleaved, shuffled, BlockMajorK), ``act_fn``
 SwiGLU / GPT-OSS SwiGLU / Relu2 (cute_moe.kernels.gemm_epilogue) and ``delta`` the optional
 ``gemm1_lora_delta [T, top_k, 2I]`` viewed as ``[T * top_k, 2I]``.
+
+With ``gemm1_weights_scale`` / ``gemm2_weights_scale`` given the weights are MXINT4, as
+``trtllm_mxint4_block_scale_moe`` takes them (uint8 ``[L, K/256, M, 128]``, bf16 scales
+``[L, M*K/32]``), and ``W_e`` is their dequantization ``bf16(q * s)`` (Swiglu only).
 
 ``grouped_gemm_fc2``::
 
@@ -37,27 +41,58 @@ from .plan import MoePlan
 __all__ = ["grouped_gemm_fc1", "grouped_gemm_fc2", "warmup", "fc1_kernel_key", "fc2_kernel_key"]
 
 
+WEIGHT_KINDS = ("bf16", "mxint4")
+
+
+def _weight_kind(kind: str) -> str:
+    if kind not in WEIGHT_KINDS:
+        raise ValueError(f"weight_kind: expected one of {WEIGHT_KINDS}, got {kind!r}")
+    return kind
+
+
 def fc1_kernel_key(tile: TileConfig, variant: str, activation_type, has_lora: bool = False,
-                   has_alpha: bool = False, has_beta: bool = False, has_clamp: bool = False) -> Tuple:
+                   has_alpha: bool = False, has_beta: bool = False, has_clamp: bool = False,
+                   weight_kind: str = "bf16") -> Tuple:
     return ("grouped_gemm", "fc1", tile, SCHEDULE_OF_VARIANT[variant], int(activation_type), bool(has_lora),
-            bool(has_alpha), bool(has_beta), bool(has_clamp))
+            bool(has_alpha), bool(has_beta), bool(has_clamp), _weight_kind(weight_kind))
 
 
-def fc2_kernel_key(tile: TileConfig, variant: str) -> Tuple:
+def fc2_kernel_key(tile: TileConfig, variant: str, weight_kind: str = "bf16") -> Tuple:
     return ("grouped_gemm", "fc2", tile, SCHEDULE_OF_VARIANT[variant], int(ActivationType.Swiglu), False, False,
-            False, False)
+            False, False, _weight_kind(weight_kind))
 
 
 def _build(key: Tuple):
     from .kernels.grouped_gemm import GroupedGemm, example_args
 
-    _, op, tile, schedule, act, lora, alpha, beta, clamp = key
+    _, op, tile, schedule, act, lora, alpha, beta, clamp, kind = key
+    int4 = kind == "mxint4"
 
     def build():
         return (GroupedGemm(op, tile, schedule, activation=act, has_lora=lora, has_alpha=alpha, has_beta=beta,
-                            has_clamp=clamp), example_args())
+                            has_clamp=clamp, int4_weights=int4), example_args(int4))
 
     return build
+
+
+def _check_weights(weights: torch.Tensor, scale: Optional[torch.Tensor], prefix: str, local: int, k: int, m: int,
+                   device: torch.device) -> str:
+    """bf16 ``[L, K/64, M, 64]`` when ``scale`` is None, else MXINT4 uint8 ``[L, K/256, M, 128]`` with
+    bf16 scales ``[L, M*K/32]``; returns the weight kind."""
+    name = f"{prefix}_weights"
+    if scale is None:
+        validate.check_tensor(weights, name, dtypes=(torch.bfloat16,), device=device)
+        validate.check_shape(weights, name, (local, k // 64, m, 64), "[L, K/64, M, 64]")
+        validate.check_aligned(weights, name)
+        return "bf16"
+    validate.check_tensor(weights, name, dtypes=(torch.uint8,), device=device)
+    validate.check_shape(weights, name, (local, k // 256, m, 128), "[L, K/256, M, 128] (MXINT4)")
+    validate.check_aligned(weights, name)
+    validate.check_tensor(scale, f"{name}_scale", dtypes=(torch.bfloat16,), device=device)
+    validate.check_shape(scale, f"{name}_scale", (local, m * k // 32), "[L, M*K/32]")
+    if k % 256 or m % 128:
+        raise ValueError(f"{name}: MXINT4 needs K % 256 == 0 and M % 128 == 0, got K = {k}, M = {m}")
+    return "mxint4"
 
 
 @lru_cache(maxsize=None)
@@ -108,12 +143,11 @@ def grouped_gemm_fc1(hidden_states: torch.Tensor, plan: MoePlan, gemm1_weights: 
                      out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """FC1 + LoRA delta + activation -> ``act [P, I]`` bf16 in permuted row order (module docstring).
 
-    ``hidden_states [T, H]`` bf16; ``gemm1_weights [L, H/64, M, 64]`` bf16 prepared;
+    ``hidden_states [T, H]`` bf16; ``gemm1_weights [L, H/64, M, 64]`` bf16 prepared, or MXINT4
+    ``[L, H/256, 2I, 128]`` uint8 with ``gemm1_weights_scale [L, 2I*H/32]`` bf16;
     ``gemm1_alpha`` / ``gemm1_beta`` / ``gemm1_clamp_limit`` float32 ``[L]`` (Swiglu only, any
     subset); ``gemm1_lora_delta [T, top_k, 2I]`` bf16 (Swiglu only); ``out [P, I]`` bf16 or None.
     """
-    if gemm1_weights_scale is not None:
-        raise NotImplementedError("grouped_gemm_fc1 takes bf16 weights; MXINT4 weights need their own kernel")
     t, h, device = validate.validate_hidden_states(hidden_states)
     _check_plan(plan, config, top_k, t, device)
     local = plan.shape.local_num_experts
@@ -121,9 +155,9 @@ def grouped_gemm_fc1(hidden_states: torch.Tensor, plan: MoePlan, gemm1_weights: 
                                              device=device)
     inter = int(intermediate_size)
     m = (2 if act.is_gated else 1) * inter
-    validate.check_tensor(gemm1_weights, "gemm1_weights", dtypes=(torch.bfloat16,), device=device)
-    validate.check_shape(gemm1_weights, "gemm1_weights", (local, h // 64, m, 64), "[L, H/64, M, 64]")
-    validate.check_aligned(gemm1_weights, "gemm1_weights")
+    if gemm1_weights_scale is not None and not act.is_gated:
+        raise ValueError(f"activation_type: MXINT4 weights take Swiglu, got {act.name}")
+    kind = _check_weights(gemm1_weights, gemm1_weights_scale, "gemm1", local, h, m, device)
     if h % 64 or inter % 64:
         raise ValueError(f"hidden_size {h} and intermediate_size {inter} must be multiples of 64")
     validate.validate_gemm1_lora_delta(gemm1_lora_delta, num_tokens=t, top_k=top_k, intermediate_size=inter,
@@ -137,7 +171,7 @@ def grouped_gemm_fc1(hidden_states: torch.Tensor, plan: MoePlan, gemm1_weights: 
     if max_tiles == 0:
         return out
     key = fc1_kernel_key(tile, config.variant, act, gemm1_lora_delta is not None, gemm1_alpha is not None,
-                         gemm1_beta is not None, gemm1_clamp_limit is not None)
+                         gemm1_beta is not None, gemm1_clamp_limit is not None, kind)
     fn = runtime.KERNELS.get(key, runtime.arch_of_device(device), _build(key))
     f32_stand_in = runtime.ptr(out, torch.float32, align=4)  # never read when absent
 
@@ -145,7 +179,8 @@ def grouped_gemm_fc1(hidden_states: torch.Tensor, plan: MoePlan, gemm1_weights: 
         return runtime.ptr(x, align=4) if x is not None else f32_stand_in
 
     lora = runtime.ptr(gemm1_lora_delta) if gemm1_lora_delta is not None else runtime.ptr(hidden_states)
-    fn(runtime.ptr(gemm1_weights), runtime.ptr(hidden_states), runtime.ptr(plan.permuted_idx_to_expanded_idx),
+    scale = runtime.ptr(gemm1_weights_scale, align=4) if gemm1_weights_scale is not None else runtime.ptr(hidden_states)
+    fn(runtime.ptr(gemm1_weights), scale, runtime.ptr(hidden_states), runtime.ptr(plan.permuted_idx_to_expanded_idx),
        runtime.ptr(plan.tile_info), runtime.ptr(plan.counters), runtime.ptr(out), lora, opt(gemm1_alpha),
        opt(gemm1_beta), opt(gemm1_clamp_limit), m, h, inter, int(top_k), local, max_tiles,
        _num_ctas(config, tile, device, max_tiles, m), int(config.pdl), runtime.current_stream())
@@ -157,10 +192,9 @@ def grouped_gemm_fc2(act: torch.Tensor, plan: MoePlan, gemm2_weights: torch.Tens
                      out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """FC2 -> ``gemm2_output [P, H]`` bf16 in permuted row order (module docstring).
 
-    ``act [P, I]`` bf16 (FC1's output for the same plan); ``gemm2_weights [L, I/64, H, 64]`` bf16.
+    ``act [P, I]`` bf16 (FC1's output for the same plan); ``gemm2_weights [L, I/64, H, 64]`` bf16, or
+    MXINT4 ``[L, I/256, H, 128]`` uint8 with ``gemm2_weights_scale [L, H*I/32]`` bf16.
     """
-    if gemm2_weights_scale is not None:
-        raise NotImplementedError("grouped_gemm_fc2 takes bf16 weights; MXINT4 weights need their own kernel")
     validate.check_tensor(act, "act", dtypes=(torch.bfloat16,), ndim=2)
     device = act.device
     if device.type != "cuda":
@@ -172,9 +206,7 @@ def grouped_gemm_fc2(act: torch.Tensor, plan: MoePlan, gemm2_weights: torch.Tens
         raise ValueError(f"act: expected {plan.shape.max_padded_rows} rows (the plan's), got {rows}")
     h = int(hidden_size)
     local = plan.shape.local_num_experts
-    validate.check_tensor(gemm2_weights, "gemm2_weights", dtypes=(torch.bfloat16,), device=device)
-    validate.check_shape(gemm2_weights, "gemm2_weights", (local, inter // 64, h, 64), "[L, I/64, H, 64]")
-    validate.check_aligned(gemm2_weights, "gemm2_weights")
+    kind = _check_weights(gemm2_weights, gemm2_weights_scale, "gemm2", local, inter, h, device)
     if h % 64 or inter % 64:
         raise ValueError(f"hidden_size {h} and intermediate_size {inter} must be multiples of 64")
     out = _out(out, "out", rows, h, device)
@@ -182,10 +214,11 @@ def grouped_gemm_fc2(act: torch.Tensor, plan: MoePlan, gemm2_weights: torch.Tens
     if max_tiles == 0:
         return out
     tile = config.fc2
-    key = fc2_kernel_key(tile, config.variant)
+    key = fc2_kernel_key(tile, config.variant, kind)
     fn = runtime.KERNELS.get(key, runtime.arch_of_device(device), _build(key))
     stand_in = runtime.ptr(out, torch.float32, align=4)
-    fn(runtime.ptr(gemm2_weights), runtime.ptr(act), runtime.ptr(plan.permuted_idx_to_expanded_idx),
+    scale = runtime.ptr(gemm2_weights_scale, align=4) if gemm2_weights_scale is not None else runtime.ptr(act)
+    fn(runtime.ptr(gemm2_weights), scale, runtime.ptr(act), runtime.ptr(plan.permuted_idx_to_expanded_idx),
        runtime.ptr(plan.tile_info), runtime.ptr(plan.counters), runtime.ptr(out), runtime.ptr(act), stand_in,
        stand_in, stand_in, h, inter, h, plan.shape.top_k, local, max_tiles,
        _num_ctas(config, tile, device, max_tiles, h), int(config.pdl), runtime.current_stream())
@@ -194,15 +227,16 @@ def grouped_gemm_fc2(act: torch.Tensor, plan: MoePlan, gemm2_weights: torch.Tens
 
 def warmup(configs: Iterable[GemmConfig], activation_type=ActivationType.Swiglu, *, has_lora: bool = False,
            has_alpha: bool = False, has_beta: bool = False, has_clamp: bool = False,
-           arch: Optional[str] = None) -> Dict[Tuple, float]:
+           arch: Optional[str] = None, weight_kind: str = "bf16") -> Dict[Tuple, float]:
     """Compile the FC1 and FC2 kernels of ``configs`` ahead of time (``arch`` defaults to the current
-    GPU's; any of sm_90a / sm_100a / sm_120a compiles on a CPU). Returns compile seconds per kernel key
-    (0.0 for kernels already cached)."""
+    GPU's; any of sm_90a / sm_100a / sm_120a compiles on a CPU; ``weight_kind`` "bf16" or "mxint4").
+    Returns compile seconds per kernel key (0.0 for kernels already cached)."""
     arch = arch or runtime.arch_of_device()
     seconds: Dict[Tuple, float] = {}
     for config in configs:
-        keys = [fc1_kernel_key(config.fc1, config.variant, activation_type, has_lora, has_alpha, has_beta, has_clamp),
-                fc2_kernel_key(config.fc2, config.variant)]
+        keys = [fc1_kernel_key(config.fc1, config.variant, activation_type, has_lora, has_alpha, has_beta, has_clamp,
+                               weight_kind),
+                fc2_kernel_key(config.fc2, config.variant, weight_kind)]
         for key in keys:
             if key in seconds:
                 continue

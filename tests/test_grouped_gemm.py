@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import pytest
@@ -30,7 +30,8 @@ SWIGLU, RELU2 = int(ActivationType.Swiglu), int(ActivationType.Relu2)
 
 # --------------------------------------------------------------------------- compile checks (CPU)
 
-# (name, kernel factory): one per schedule and epilogue family; tiles from the selector table.
+# (name, kernel factory): one per schedule, epilogue family and weight format; tiles from the
+# selector table.
 VARIANTS = [
     ("fc1_micro_64x8_swiglu", lambda: GroupedGemm("fc1", TileConfig(64, 8, 4, 1, 8), "m_fastest")),
     ("fc1_static_128x32_swiglu_lora_oss", lambda: GroupedGemm("fc1", TileConfig(128, 32, 4, 1, 4), "tiles_fastest",
@@ -40,9 +41,20 @@ VARIANTS = [
                                                       activation=RELU2)),
     ("fc2_dynamic_256x128", lambda: GroupedGemm("fc2", TileConfig(256, 128, 4, 2, 3), "persistent")),
     ("fc2_micro_64x16", lambda: GroupedGemm("fc2", TileConfig(64, 16, 4, 1, 8), "m_fastest")),
+    ("int4_fc1_micro_64x8_swiglu_lora_oss", lambda: GroupedGemm("fc1", TileConfig(64, 8, 4, 1, 8), "m_fastest",
+                                                                has_lora=True, has_alpha=True, has_beta=True,
+                                                                has_clamp=True, int4_weights=True)),
+    ("int4_fc1_dynamic_128x64_swiglu", lambda: GroupedGemm("fc1", TileConfig(128, 64, 2, 2, 4), "persistent",
+                                                           int4_weights=True)),
+    ("int4_fc2_static_128x32", lambda: GroupedGemm("fc2", TileConfig(128, 32, 4, 1, 4), "tiles_fastest",
+                                                   int4_weights=True)),
+    ("int4_fc2_dynamic_256x128", lambda: GroupedGemm("fc2", TileConfig(256, 128, 4, 2, 3), "persistent",
+                                                     int4_weights=True)),
 ]
 PTX_NEEDLES = ["mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", "ldmatrix.sync.aligned",
                "cp.async.cg.shared.global", "cp.async.wait_group", "st.global.v4"]
+# the int4 path adds 4-byte cp.async of the scale pairs and the packed float -> bf16x2 rounding
+INT4_PTX_NEEDLES = ["cp.async.ca.shared.global", "cvt.rn.bf16x2.f32", "st.shared.v4"]
 STACK_BUDGET_BYTES = 0  # no spills, no local arrays
 
 
@@ -89,11 +101,12 @@ def cubin_resources(cubin: bytes) -> dict:
 def test_variant_compiles_without_spills(arch, name, make):
     import cutlass.cute as cute
 
-    compiled = cute.compile(make(), *example_args(),
+    kernel = make()
+    compiled = cute.compile(kernel, *example_args(kernel.int4),
                             options=f"--gpu-arch {arch} --keep-ptx --keep-cubin --dump-dir {runtime._dump_dir()}")
     ptx = compiled.artifacts.PTX
     assert f".target {arch}" in ptx
-    for needle in PTX_NEEDLES:
+    for needle in PTX_NEEDLES + (INT4_PTX_NEEDLES if kernel.int4 else []):
         assert needle in ptx, f"{name} on {arch}: '{needle}' missing from the PTX"
     assert ".local" not in ptx, f"{name} on {arch}: local memory in the PTX"
     res = cubin_resources(compiled.artifacts.CUBIN)

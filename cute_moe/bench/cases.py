@@ -37,12 +37,12 @@ class PresetWeights:
         self.shape = shape
         self.gemm1 = self.gemm2 = None
         self.mxint4 = None
-        if shape.weight_format == "bf16":
-            self.gemm1, self.gemm2 = prepare_bf16_moe_weights(self.w1, self.w2, shape.activation)
-        else:
+        if shape.weight_format != "bf16":
             self.mxint4 = _prepare_mxint4(shape, self.w1, self.w2)
-            # Peers run on the dequantized weights, so every implementation computes the same function.
+            # The bf16 path and the peers run on the dequantized weights: every implementation
+            # computes the same function.
             self.w1, self.w2 = self.mxint4.pop("dequantized")
+        self.gemm1, self.gemm2 = prepare_bf16_moe_weights(self.w1, self.w2, shape.activation)
         self.swiglu = _swiglu_tensors(shape, device)
 
 
@@ -99,20 +99,21 @@ def implementations(weights: PresetWeights, variants: bool) -> Dict[str, Callabl
     forced = (None,) + (GEMM_VARIANTS if variants else ())
     for variant in forced:
         suffix = "" if variant is None else f"[{variant}]"
-        if shape.weight_format == "bf16":
-            act = int(shape.activation)
-            impls["cute_bf16" + suffix] = lambda s, v=variant: moe.trtllm_bf16_moe(
-                s.logits, s.bias, s.hidden, weights.gemm1, weights.gemm2, activation_type=act,
-                gemm_variant=v, **kw, **weights.swiglu)
-            impls["cute_bf16_routed" + suffix] = lambda s, v=variant: moe.trtllm_bf16_routed_moe(
-                s.packed_topk, s.hidden, weights.gemm1, weights.gemm2, activation_type=act,
-                gemm_variant=v, **kw, **weights.swiglu)
-        else:
+        if weights.mxint4 is not None:
             q = weights.mxint4
             impls["cute_mxint4" + suffix] = lambda s, v=variant: moe.trtllm_mxint4_block_scale_moe(
                 s.logits, s.bias, s.hidden, q["gemm1_weights"], q["gemm1_weights_scale"],
                 weights.swiglu["gemm1_alpha"], weights.swiglu["gemm1_beta"], weights.swiglu["gemm1_clamp_limit"],
                 q["gemm2_weights"], q["gemm2_weights_scale"], gemm_variant=v, **kw)
+        if variant is None or weights.mxint4 is None:
+            act = int(shape.activation)
+            impls["cute_bf16" + suffix] = lambda s, v=variant: moe.trtllm_bf16_moe(
+                s.logits, s.bias, s.hidden, weights.gemm1, weights.gemm2, activation_type=act,
+                gemm_variant=v, **kw, **weights.swiglu)
+            if weights.mxint4 is None:
+                impls["cute_bf16_routed" + suffix] = lambda s, v=variant: moe.trtllm_bf16_routed_moe(
+                    s.packed_topk, s.hidden, weights.gemm1, weights.gemm2, activation_type=act,
+                    gemm_variant=v, **kw, **weights.swiglu)
     grouped = GroupedMmPipeline(shape, weights.w1, weights.w2)
     loop = PerExpertLoop(shape, weights.w1, weights.w2)
     impls[grouped.name] = lambda s: grouped(s.hidden, s.logits, s.bias)

@@ -38,7 +38,7 @@ def measure_ceilings(copy_bytes: int = 2 << 30, matmul_n: int = 8192) -> Ceiling
     src = torch.empty(copy_bytes // 2, dtype=torch.bfloat16, device="cuda").uniform_()
     dst = torch.empty_like(src)
     copy_ms = _median_ms(lambda: dst.copy_(src), reps=30, warmup=5)
-    del src, dst
+    src = dst = None  # free 4 GiB before the matmul
     a = torch.randn(matmul_n, matmul_n, dtype=torch.bfloat16, device="cuda")
     b = torch.randn_like(a)
     mm_ms = _median_ms(lambda: torch.mm(a, b), reps=30, warmup=5)

@@ -35,6 +35,9 @@ def _parse_args(argv):
     p.add_argument("--hidden", type=int, help="custom hidden size")
     p.add_argument("--intermediate", type=int, help="custom intermediate size")
     p.add_argument("--top-k", type=int, help="custom top_k")
+    p.add_argument("--weights", choices=("bf16", "mxint4"),
+                   help="override the preset's weight format (mxint4 also times the bf16 path on the "
+                        "dequantized weights)")
     p.add_argument("--sets", type=int, default=4, help="rotating input sets per point (default %(default)s)")
     p.add_argument("--reps", type=int, default=50, help="timed graph replays per point (default %(default)s)")
     p.add_argument("--out", type=Path, default=Path("bench.jsonl"), help="JSON lines output (default %(default)s)")
@@ -85,6 +88,8 @@ def _shapes(args):
                                     ("top_k", args.top_k)) if v}
         if custom:
             s = replace(s, name=s.name + "-custom", **custom)
+        if args.weights and args.weights != s.weight_format:
+            s = replace(s, name=f"{s.name}-{args.weights}", weight_format=args.weights)
         shapes.append(s)
     return shapes
 
@@ -146,18 +151,27 @@ def run(args) -> List[Dict[str, object]]:
 
 
 def format_table(rows: List[Dict[str, object]]) -> str:
-    """Time, floor ratios and speed-up over the torch._grouped_mm pipeline per point."""
-    peer = {(r["preset"], r["tokens"]): r["time_us"] for r in rows if r["impl"] == "torch_grouped_mm"}
-    head = f"{'preset':<18}{'tokens':>7}  {'impl':<26}{'time us':>10}{'byte fl':>9}{'flop fl':>9}{'vs torch':>9}"
+    """Time, floor ratios and speed-ups over the torch._grouped_mm pipeline and the cute_moe bf16
+    path (same preset, same weights dequantized for mxint4) per point."""
+    def times(impl):
+        return {(r["preset"], r["tokens"]): r["time_us"] for r in rows if r["impl"] == impl}
+
+    peer, bf16 = times("torch_grouped_mm"), times("cute_bf16")
+
+    def ratio(table, r):
+        ref = table.get((r["preset"], r["tokens"]))
+        return f"{ref / r['time_us']:.2f}x" if ref and r["time_us"] == r["time_us"] else "-"
+
+    head = (f"{'preset':<22}{'tokens':>7}  {'impl':<26}{'time us':>10}{'byte fl':>9}{'flop fl':>9}"
+            f"{'vs torch':>9}{'vs bf16':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        ref = peer.get((r["preset"], r["tokens"]))
-        speed = f"{ref / r['time_us']:.2f}x" if ref and r["time_us"] == r["time_us"] else "-"
-        lines.append(f"{r['preset']:<18}{r['tokens']:>7}  {r['impl']:<26}{r['time_us']:>10.1f}"
-                     f"{r['byte_floor_ratio']:>9.2f}{r['flop_floor_ratio']:>9.2f}{speed:>9}"
-                     + (f"  ERROR {r['error']}" if r.get("error") else ""))
-    lines.append("byte fl / flop fl: floor time / measured time (1.00 = at the floor); "
-                 "vs torch: speed-up over the torch._grouped_mm pipeline")
+        lines.append(f"{r['preset']:<22}{r['tokens']:>7}  {r['impl']:<26}{r['time_us']:>10.1f}"
+                     f"{r['byte_floor_ratio']:>9.2f}{r['flop_floor_ratio']:>9.2f}{ratio(peer, r):>9}"
+                     f"{ratio(bf16, r):>9}" + (f"  ERROR {r['error']}" if r.get("error") else ""))
+    lines.append("byte fl / flop fl: floor time / measured time (1.00 = at the floor; the byte floor counts the "
+                 "preset's weight format); vs torch / vs bf16: speed-up over the torch._grouped_mm pipeline / "
+                 "the cute_moe bf16 path")
     return "\n".join(lines)
 
 

@@ -24,6 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BK = 64  # bf16 K values per k-block: one 128-byte BlockMajorK block
+# MXINT4 weights: a 128-byte BlockMajorK block holds 256 int4 values, so one bf16 k-block of 64
+# values is a 32-byte quarter of it; one bf16 scale per 32 values along K (2 per k-block).
+INT4_BLOCK_K = 256
+INT4_ROW_BYTES = BK // 2  # packed bytes of one weight row per k-block
+INT4_GROUP = 32
+INT4_SCALES_PER_KB = BK // INT4_GROUP
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync.aligned.m16n8k16 bf16 -> f32
 SHUFFLE_BLOCK = 32  # prepared rows are shuffled inside blocks of 32 (epilogue tile 128)
 VARIANTS = ("micro", "static", "dynamic")
@@ -40,6 +46,17 @@ def c_row_stride(bm: int) -> int:
     """float32 stride between token rows of the epilogue tile ``sC[n, m]``: ``bm + 4`` makes the
     accumulator stores of a warp (8 m by 4 n-pairs) hit 32 distinct banks."""
     return bm + 4
+
+
+@dataclass(frozen=True)
+class Int4Smem:
+    """Shared-memory byte offsets of a tile with MXINT4 weights (TileConfig.int4_smem_layout)."""
+
+    a_bf16: int
+    b_ring: int
+    raw_ring: int
+    scale_ring: int
+    total: int
 
 
 @dataclass(frozen=True)
@@ -84,12 +101,29 @@ class TileConfig:
         return (self.bm + self.bn) * BK * 2
 
     @property
+    def int4_stage_bytes(self) -> int:
+        """One ring stage with MXINT4 weights: packed rows, their scales, the token rows."""
+        return self.bm * (INT4_ROW_BYTES + 2 * INT4_SCALES_PER_KB) + self.bn * BK * 2
+
+    def int4_smem_layout(self) -> "Int4Smem":
+        """Byte offsets with MXINT4 weights: the dequantized bf16 weight block (one k-block, the
+        MMA's A operand) and the token ring first (both 1024-byte aligned for the swizzle), then
+        the packed-weight ring and the scale ring."""
+        a = 0
+        b = self.bm * BK * 2
+        raw = b + self.stages * self.bn * BK * 2
+        scales = raw + self.stages * self.bm * INT4_ROW_BYTES
+        end = scales + self.stages * self.bm * 2 * INT4_SCALES_PER_KB
+        return Int4Smem(a, b, raw, scales, max(end, self.epilogue_bytes))
+
+    @property
     def epilogue_bytes(self) -> int:
         return self.bn * c_row_stride(self.bm) * 4
 
     @property
     def smem_bytes(self) -> int:
-        """The cp.async ring; the float32 epilogue tile reuses it."""
+        """The cp.async ring; the float32 epilogue tile reuses it. With MXINT4 weights the kernel
+        needs :meth:`int4_smem_layout` ``.total``, never more than this (stages >= 2)."""
         return max(self.stages * self.stage_bytes, self.epilogue_bytes)
 
     def fits(self, arch: str) -> bool:

@@ -1,7 +1,8 @@
-"""Grouped GEMM of the MoE experts with bf16 weights: FC1 (+ LoRA delta, + activation) and FC2.
+"""Grouped GEMM of the MoE experts: FC1 (+ LoRA delta, + activation) and FC2, bf16 or MXINT4 weights.
 
-One kernel template, ``GroupedGemm``; FC1/FC2, the epilogue options, the tile and the schedule
-(micro / static / dynamic, cute_moe.kernels.gemm_config) are compile-time parameters.
+One kernel template, ``GroupedGemm``; FC1/FC2, the weight format, the epilogue options, the tile
+and the schedule (micro / static / dynamic, cute_moe.kernels.gemm_config) are compile-time
+parameters.
 
 Per work item (plan tile ``t``, m-block ``mb``), with ``(e, row0, nrows) = tile_info[t]``:
 
@@ -13,6 +14,13 @@ Per work item (plan tile ``t``, m-block ``mb``), with ``(e, row0, nrows) = tile_
 * ``X`` rows: FC1 gathers ``hidden_states[permuted_idx_to_expanded_idx[row0 + n] // top_k]``
   (padding rows, whose index is -1, read token 0 and are never stored); FC2 reads
   ``act[row0 + n]``.
+* MXINT4 weights (``int4_weights``): ``W_e`` is uint8 ``[L, K/256, M, 128]`` (two signed int4
+  per byte, low nibble first) with bf16 scales ``S_e [M, K/32]`` 128x4-interleaved
+  (cute_moe.layouts.scale_interleave; rows in the weights' prepared order), flat per expert.
+  k-block ``kb`` of a row is the 32-byte quarter ``kb % 4`` of its 128-byte block ``kb // 4``;
+  its two scales are adjacent (columns ``2kb, 2kb+1`` of one 4-column group). Packed bytes and
+  scales ride the cp.async ring; after each wait the CTA dequantizes the stage,
+  ``w = float(q) * s`` rounded to bf16, into one swizzled bf16 block that the MMAs read.
 * Weights are the MMA's A operand (M side), tokens the B operand (N side), both K-major:
   ``mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`` on fragments loaded by ``ldmatrix``
   from 128-byte-swizzled shared memory, filled by 16-byte ``cp.async`` in a ``stages``-deep ring.
@@ -33,16 +41,21 @@ import cutlass
 import cutlass.cute as cute
 import cutlass.memory
 import cuda.bindings.driver as cuda
-from cutlass import BFloat16, Float32, Int32, Int64
+from cutlass import BFloat16, Float32, Int32, Int64, Uint8
 
 from ..enums import ActivationType
 from . import gemm_epilogue as epi
 from . import runtime
-from .gemm_config import BK, MMA_K, MMA_M, MMA_N, RASTER_TILES, SCHEDULES, TileConfig, c_row_stride
+from .gemm_config import (BK, INT4_BLOCK_K, INT4_GROUP, INT4_ROW_BYTES, INT4_SCALES_PER_KB, MMA_K, MMA_M, MMA_N,
+                          RASTER_TILES, SCHEDULES, TileConfig, c_row_stride)
 
 CHUNK = 8  # bf16 per 16-byte cp.async / store
 CHUNKS_PER_ROW = BK // CHUNK  # 16-byte chunks of one 128-byte K-block row
 SMEM_ALIGN = 1024  # the 128-byte swizzle reads address bits [7, 10)
+INT4_CHUNKS = INT4_ROW_BYTES // 16  # 16-byte cp.async chunks of one packed row per k-block
+INT4_PER_WORD = 8  # int4 values per 32-bit word: one dequantized 16-byte bf16 chunk
+INT4_BLOCK_BYTES = INT4_BLOCK_K // 2
+SCALE_TILE = 128  # rows of one 128x4 scale tile
 
 
 def _swizzle():
@@ -53,10 +66,12 @@ def _swizzle():
 
 class GroupedGemm:
     """``op``: "fc1" or "fc2"; ``schedule``: one of gemm_config.SCHEDULES; FC1 epilogue options:
-    ``activation`` (Swiglu, Relu2), ``has_lora``, ``has_alpha``, ``has_beta``, ``has_clamp``."""
+    ``activation`` (Swiglu, Relu2), ``has_lora``, ``has_alpha``, ``has_beta``, ``has_clamp``;
+    ``int4_weights``: MXINT4 weights with bf16 group-32 scales instead of bf16 weights."""
 
     def __init__(self, op: str, tile: TileConfig, schedule: str, activation: int = int(ActivationType.Swiglu),
-                 has_lora: bool = False, has_alpha: bool = False, has_beta: bool = False, has_clamp: bool = False):
+                 has_lora: bool = False, has_alpha: bool = False, has_beta: bool = False, has_clamp: bool = False,
+                 int4_weights: bool = False):
         if op not in ("fc1", "fc2"):
             raise ValueError(f"op: expected 'fc1' or 'fc2', got {op!r}")
         if schedule not in SCHEDULES:
@@ -85,15 +100,28 @@ class GroupedGemm:
         self.rows_per_vec = epi.GATED_ROWS if self.gated else epi.PLAIN_ROWS
         self.vecs_per_row = self.bm // self.rows_per_vec
         self.c_stride = c_row_stride(self.bm)
+        self.int4 = bool(int4_weights)
+        if self.int4:
+            # per thread and stage: packed chunks (rows tid//2 + i*threads/2, half tid%2), scale
+            # pairs (rows tid + i*threads), dequantized words (tid + i*threads, 8 per row)
+            if (self.bm * INT4_CHUNKS) % self.threads:
+                raise ValueError(f"int4 weights: {self.bm} rows x {INT4_CHUNKS} chunks do not split over "
+                                 f"{self.threads} threads")
+            self.int4_loads = self.bm * INT4_CHUNKS // self.threads
+            self.scale_loads = (self.bm + self.threads - 1) // self.threads
+            self.dequant_words = self.bm * (BK // INT4_PER_WORD) // self.threads
+            self.smem = tile.int4_smem_layout()
 
     # ------------------------------------------------------------------ host side (jit)
 
     @cute.jit
-    def __call__(self, w_ptr: cute.Pointer, x_ptr: cute.Pointer, p2e_ptr: cute.Pointer, tile_info_ptr: cute.Pointer,
+    def __call__(self, w_ptr: cute.Pointer, scale_ptr: cute.Pointer, x_ptr: cute.Pointer, p2e_ptr: cute.Pointer,
+                 tile_info_ptr: cute.Pointer,
                  counters_ptr: cute.Pointer, out_ptr: cute.Pointer, lora_ptr: cute.Pointer, alpha_ptr: cute.Pointer,
                  beta_ptr: cute.Pointer, clamp_ptr: cute.Pointer, m: Int32, k: Int32, n_out: Int32, top_k: Int32,
                  num_experts: Int32, max_tiles: Int32, num_ctas: Int32, use_pdl: Int32, stream: cuda.CUstream):
-        """``m``: weight rows (FC1: M = 2I or I, FC2: H); ``k``: reduction size (FC1: H, FC2: I);
+        """``scale_ptr``: the MXINT4 scales (bf16 weights: any bf16 pointer, never read);
+        ``m``: weight rows (FC1: M = 2I or I, FC2: H); ``k``: reduction size (FC1: H, FC2: I);
         ``n_out``: output row width (FC1: I, FC2: H); ``max_tiles``: the plan's tile bound;
         ``num_ctas``: persistent grid size (other schedules ignore it); ``use_pdl``: launch as a
         programmatic dependent of the previous kernel in the stream (see ``kernel``)."""
@@ -114,14 +142,15 @@ class GroupedGemm:
             grid = [m_blocks * max_tiles, 1, 1]  # 1-D: max_tiles may exceed the 65535 limit of grid y
         if cutlass.const_expr(self.schedule == "persistent"):
             grid = [num_ctas, 1, 1]
-        self.kernel(tiled_mma, w_ptr, x_ptr, out_ptr, lora_ptr, p2e, tile_info, counters, alpha, beta, clamp,
-                    m, k, n_out, top_k).launch(grid=grid, block=[self.threads, 1, 1], stream=stream,
+        self.kernel(tiled_mma, w_ptr, scale_ptr, x_ptr, out_ptr, lora_ptr, p2e, tile_info, counters, alpha, beta,
+                    clamp, m, k, n_out, top_k).launch(grid=grid, block=[self.threads, 1, 1], stream=stream,
                                                use_pdl=use_pdl)
 
     # ------------------------------------------------------------------ device side
 
     @cute.kernel
-    def kernel(self, tiled_mma: cute.TiledMma, w_ptr: cute.Pointer, x_ptr: cute.Pointer, out_ptr: cute.Pointer,
+    def kernel(self, tiled_mma: cute.TiledMma, w_ptr: cute.Pointer, scale_ptr: cute.Pointer, x_ptr: cute.Pointer,
+               out_ptr: cute.Pointer,
                lora_ptr: cute.Pointer, p2e: cute.Tensor, tile_info: cute.Tensor, counters: cute.Tensor,
                alpha: cute.Tensor, beta: cute.Tensor, clamp: cute.Tensor, m: Int32, k: Int32, n_out: Int32,
                top_k: Int32):
@@ -138,20 +167,29 @@ class GroupedGemm:
         m_blocks = (m + self.bm - 1) // self.bm
 
         smem = cutlass.memory.SmemAllocator()
-        raw = smem.allocate(self.tile.smem_bytes, byte_alignment=SMEM_ALIGN)
-        a_bytes = self.stages * self.bm * BK * 2
-        sa_ptr = cute.recast_ptr(raw, dtype=BFloat16)
-        sb_ptr = cute.recast_ptr(raw + a_bytes, dtype=BFloat16)
+        if cutlass.const_expr(self.int4):
+            raw = smem.allocate(self.smem.total, byte_alignment=SMEM_ALIGN)
+            sa_ptr = cute.recast_ptr(raw + self.smem.a_bf16, dtype=BFloat16)
+            sb_ptr = cute.recast_ptr(raw + self.smem.b_ring, dtype=BFloat16)
+            sq_ptr = cute.recast_ptr(raw + self.smem.raw_ring, dtype=Uint8)
+            ss_ptr = cute.recast_ptr(raw + self.smem.scale_ring, dtype=BFloat16)
+        else:
+            raw = smem.allocate(self.tile.smem_bytes, byte_alignment=SMEM_ALIGN)
+            sa_ptr = cute.recast_ptr(raw, dtype=BFloat16)
+            sb_ptr = cute.recast_ptr(raw + self.stages * self.bm * BK * 2, dtype=BFloat16)
+            sq_ptr = cute.recast_ptr(raw, dtype=Uint8)  # unused
+            ss_ptr = sa_ptr  # unused
         sc_ptr = cute.recast_ptr(raw, dtype=Float32)
 
         if cutlass.const_expr(self.schedule == "tiles_fastest"):
             if bx < num_tiles:
-                self.work(tiled_mma, bx, by, tidx, sa_ptr, sb_ptr, sc_ptr, w_ptr, x_ptr, out_ptr, lora_ptr, p2e,
-                          tile_info, alpha, beta, clamp, m, k, n_out, top_k)
+                self.work(tiled_mma, bx, by, tidx, sa_ptr, sb_ptr, sc_ptr, sq_ptr, ss_ptr, w_ptr, scale_ptr, x_ptr,
+                          out_ptr, lora_ptr, p2e, tile_info, alpha, beta, clamp, m, k, n_out, top_k)
         elif cutlass.const_expr(self.schedule == "m_fastest"):
             if bx // m_blocks < num_tiles:
-                self.work(tiled_mma, bx // m_blocks, bx % m_blocks, tidx, sa_ptr, sb_ptr, sc_ptr, w_ptr, x_ptr,
-                          out_ptr, lora_ptr, p2e, tile_info, alpha, beta, clamp, m, k, n_out, top_k)
+                self.work(tiled_mma, bx // m_blocks, bx % m_blocks, tidx, sa_ptr, sb_ptr, sc_ptr, sq_ptr, ss_ptr, w_ptr,
+                          scale_ptr, x_ptr, out_ptr, lora_ptr, p2e, tile_info, alpha, beta, clamp, m, k, n_out,
+                          top_k)
         else:
             num_ctas, _, _ = cute.arch.grid_dim()
             group_items = RASTER_TILES * m_blocks
@@ -162,13 +200,15 @@ class GroupedGemm:
                 first = group * RASTER_TILES
                 size = cutlass.min(RASTER_TILES, num_tiles - first)
                 r = w - group * group_items
-                self.work(tiled_mma, first + r % size, r // size, tidx, sa_ptr, sb_ptr, sc_ptr, w_ptr, x_ptr,
-                          out_ptr, lora_ptr, p2e, tile_info, alpha, beta, clamp, m, k, n_out, top_k)
+                self.work(tiled_mma, first + r % size, r // size, tidx, sa_ptr, sb_ptr, sc_ptr, sq_ptr, ss_ptr, w_ptr,
+                          scale_ptr, x_ptr, out_ptr, lora_ptr, p2e, tile_info, alpha, beta, clamp, m, k, n_out,
+                          top_k)
                 cute.arch.sync_threads()  # the next item's loads reuse the epilogue's shared memory
 
     @cute.jit
     def work(self, tiled_mma: cute.TiledMma, tile: Int32, mb: Int32, tidx: Int32, sa_ptr: cute.Pointer,
-             sb_ptr: cute.Pointer, sc_ptr: cute.Pointer, w_ptr: cute.Pointer, x_ptr: cute.Pointer,
+             sb_ptr: cute.Pointer, sc_ptr: cute.Pointer, sq_ptr: cute.Pointer, ss_ptr: cute.Pointer,
+             w_ptr: cute.Pointer, scale_ptr: cute.Pointer, x_ptr: cute.Pointer,
              out_ptr: cute.Pointer, lora_ptr: cute.Pointer, p2e: cute.Tensor, tile_info: cute.Tensor,
              alpha: cute.Tensor, beta: cute.Tensor, clamp: cute.Tensor, m: Int32, k: Int32, n_out: Int32,
              top_k: Int32):
@@ -181,17 +221,23 @@ class GroupedGemm:
         chunk = tidx % CHUNKS_PER_ROW
         row_in = tidx // CHUNKS_PER_ROW
 
-        # ---- per-thread source pointers (k-block 0) and swizzled smem destinations
-        a_block = (Int64(expert) * Int64(k_blocks) * Int64(m) + Int64(mb * bm)) * BK
-        kb_stride = Int64(m) * BK
-        a_src = []
-        a_dst = []
-        a_ok = []
-        for i in cutlass.range_constexpr(self.a_loads):
-            r = row_in + i * self.row_step
-            a_src.append(w_ptr + cute.assume(a_block + Int64(r * BK + chunk * CHUNK), divby=CHUNK))
-            a_dst.append(cute.assume(r * BK + (chunk ^ (r % 8)) * CHUNK, divby=CHUNK))
-            a_ok.append(mb * bm + r < m)
+        # ---- per-thread source pointers (k-block 0) and smem destinations of the weights
+        if cutlass.const_expr(self.int4):
+            a_src, a_dst, a_ok = self.int4_weight_sources(tidx, expert, mb, w_ptr, m, k)
+            s_src, s_dst, s_ok = self.int4_scale_sources(tidx, expert, mb, scale_ptr, m, k)
+        else:
+            a_block = (Int64(expert) * Int64(k_blocks) * Int64(m) + Int64(mb * bm)) * BK
+            a_src = []
+            a_dst = []
+            a_ok = []
+            for i in cutlass.range_constexpr(self.a_loads):
+                r = row_in + i * self.row_step
+                a_src.append(w_ptr + cute.assume(a_block + Int64(r * BK + chunk * CHUNK), divby=CHUNK))
+                a_dst.append(cute.assume(r * BK + (chunk ^ (r % 8)) * CHUNK, divby=CHUNK))
+                a_ok.append(mb * bm + r < m)
+            s_src, s_dst, s_ok = a_src, a_dst, a_ok  # unused
+        # distance between k-blocks (bf16: elements) or 128-byte int4 blocks (bytes) of one row
+        kb_stride = Int64(m) * (INT4_BLOCK_BYTES if cutlass.const_expr(self.int4) else BK)
         b_src = []
         b_dst = []
         for i in cutlass.range_constexpr(self.b_loads):
@@ -209,10 +255,11 @@ class GroupedGemm:
                                   BFloat16, num_bits_per_copy=128)
         vec = cute.make_layout(CHUNK)
 
-        # ---- MMA partitions over the swizzled ring
+        # ---- MMA partitions over the swizzled ring (int4: over the one dequantized block)
         swz = _swizzle()
+        a_stages = 1 if cutlass.const_expr(self.int4) else stages
         sA = cute.make_tensor(cute.recast_ptr(sa_ptr, swz, dtype=BFloat16),
-                              cute.make_layout((bm, BK, stages), stride=(BK, 1, bm * BK)))
+                              cute.make_layout((bm, BK, a_stages), stride=(BK, 1, bm * BK)))
         sB = cute.make_tensor(cute.recast_ptr(sb_ptr, swz, dtype=BFloat16),
                               cute.make_layout((bn, BK, stages), stride=(BK, 1, bn * BK)))
         thr_mma = tiled_mma.get_slice(tidx)
@@ -239,7 +286,7 @@ class GroupedGemm:
         # every A issued before it, so waiting for group s still covers k-block s)
         for s in cutlass.range_constexpr(stages - 1):
             if s < k_blocks:
-                self.load_a(g2s, vec, s, s, kb_stride, a_src, a_dst, a_ok, sa_ptr)
+                self.load_weights(s, s, kb_stride, a_src, a_dst, a_ok, s_src, s_dst, s_ok, sa_ptr, sq_ptr, ss_ptr)
         if cutlass.const_expr(not self.is_fc1):
             cute.arch.griddepcontrol_wait()
         for s in cutlass.range_constexpr(stages - 1):
@@ -253,11 +300,18 @@ class GroupedGemm:
             cute.arch.sync_threads()
             nxt = kb + stages - 1
             if nxt < k_blocks:
-                self.load_a(g2s, vec, nxt, write_stage, kb_stride, a_src, a_dst, a_ok, sa_ptr)
+                self.load_weights(nxt, write_stage, kb_stride, a_src, a_dst, a_ok, s_src, s_dst, s_ok, sa_ptr,
+                                  sq_ptr, ss_ptr)
                 self.load_b(g2s, vec, nxt, write_stage, b_src, b_dst, b_ok, sb_ptr)
             cute.arch.cp_async_commit_group()
+            a_stage = read_stage
+            if cutlass.const_expr(self.int4):
+                # the top barrier also means every warp is done with the previous dequantized block
+                self.dequantize(tidx, read_stage, sq_ptr, ss_ptr, sa_ptr)
+                cute.arch.sync_threads()
+                a_stage = Int32(0)
             for kk in cutlass.range_constexpr(k_steps):
-                cute.copy(s2r_a, tXsA[None, None, kk, read_stage], tXrA[None, None, kk])
+                cute.copy(s2r_a, tXsA[None, None, kk, a_stage], tXrA[None, None, kk])
                 cute.copy(s2r_b, tXsB[None, None, kk, read_stage], tXrB[None, None, kk])
                 cute.gemm(tiled_mma, acc, tCrA[None, None, kk], tCrB[None, None, kk], acc)
             write_stage = read_stage
@@ -281,15 +335,100 @@ class GroupedGemm:
             self.store_fc2(tidx, sc_ptr, row0, nrows, mb, out_ptr, m, n_out)
 
     @cute.jit
-    def load_a(self, g2s: cute.CopyAtom, vec: cute.Layout, kb: Int32, stage: Int32, kb_stride: Int64, a_src: list,
-               a_dst: list, a_ok: list, sa_ptr: cute.Pointer):
-        """cp.async k-block ``kb`` of the CTA's weight rows into ring slot ``stage``."""
-        a_kb = cute.assume(kb_stride * Int64(kb), divby=BK)
-        a_stage = stage * (self.bm * BK)
-        for i in cutlass.range_constexpr(self.a_loads):
-            if a_ok[i]:
-                cute.copy(g2s, cute.make_tensor(a_src[i] + a_kb, vec),
-                          cute.make_tensor(sa_ptr + cute.assume(a_stage + a_dst[i], divby=CHUNK), vec))
+    def load_weights(self, kb: Int32, stage: Int32, kb_stride: Int64, a_src: list, a_dst: list, a_ok: list,
+                     s_src: list, s_dst: list, s_ok: list, sa_ptr: cute.Pointer, sq_ptr: cute.Pointer,
+                     ss_ptr: cute.Pointer):
+        """cp.async k-block ``kb`` of the CTA's weight rows (int4: packed bytes and scales) into
+        ring slot ``stage``."""
+        if cutlass.const_expr(self.int4):
+            g2s16 = cute.make_copy_atom(
+                cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.GLOBAL), Uint8,
+                num_bits_per_copy=128)
+            g2s4 = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(), BFloat16, num_bits_per_copy=32)
+            # quarter kb % 4 of 128-byte block kb // 4; scale columns 2kb, 2kb+1 (group kb // 2)
+            q_kb = cute.assume(Int64(kb // 4) * kb_stride + Int64((kb % 4) * INT4_ROW_BYTES), divby=16)
+            s_kb = cute.assume((kb // 2) * (SCALE_TILE * 4) + (kb % 2) * INT4_SCALES_PER_KB, divby=2)
+            q_stage = stage * (self.bm * INT4_ROW_BYTES)
+            s_stage = stage * (self.bm * INT4_SCALES_PER_KB)
+            for i in cutlass.range_constexpr(self.int4_loads):
+                if a_ok[i]:
+                    cute.copy(g2s16, cute.make_tensor(a_src[i] + q_kb, cute.make_layout(16)),
+                              cute.make_tensor(sq_ptr + cute.assume(q_stage + a_dst[i], divby=16),
+                                               cute.make_layout(16)))
+            for i in cutlass.range_constexpr(self.scale_loads):
+                if s_ok[i]:
+                    cute.copy(g2s4, cute.make_tensor(s_src[i] + s_kb, cute.make_layout(INT4_SCALES_PER_KB)),
+                              cute.make_tensor(ss_ptr + cute.assume(s_stage + s_dst[i], divby=2),
+                                               cute.make_layout(INT4_SCALES_PER_KB)))
+        else:
+            g2s = cute.make_copy_atom(
+                cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.GLOBAL), BFloat16,
+                num_bits_per_copy=128)
+            vec = cute.make_layout(CHUNK)
+            a_kb = cute.assume(kb_stride * Int64(kb), divby=BK)
+            a_stage = stage * (self.bm * BK)
+            for i in cutlass.range_constexpr(self.a_loads):
+                if a_ok[i]:
+                    cute.copy(g2s, cute.make_tensor(a_src[i] + a_kb, vec),
+                              cute.make_tensor(sa_ptr + cute.assume(a_stage + a_dst[i], divby=CHUNK), vec))
+
+    def int4_weight_sources(self, tidx: Int32, expert: Int32, mb: Int32, w_ptr: cute.Pointer, m: Int32, k: Int32):
+        """Packed rows at k-block 0: thread ``tid`` copies 16-byte half ``tid % 2`` of rows
+        ``tid // 2 + i * threads / 2``; row ``p`` of block ``b`` starts at byte
+        ``((e * K/256 + b) * M + p) * 128``."""
+        half = tidx % INT4_CHUNKS
+        first = Int64(expert) * Int64(k // INT4_BLOCK_K) * Int64(m)
+        src, dst, ok = [], [], []
+        for i in range(self.int4_loads):
+            r = tidx // INT4_CHUNKS + i * (self.threads // INT4_CHUNKS)
+            p = mb * self.bm + r
+            src.append(w_ptr + cute.assume((first + Int64(p)) * INT4_BLOCK_BYTES + Int64(half * 16), divby=16))
+            dst.append(r * INT4_ROW_BYTES + half * 16)
+            ok.append(p < m)
+        return src, dst, ok
+
+    def int4_scale_sources(self, tidx: Int32, expert: Int32, mb: Int32, scale_ptr: cute.Pointer, m: Int32,
+                           k: Int32):
+        """Scale pairs at k-block 0: thread ``tid`` copies those of rows ``tid + i * threads``;
+        scale ``(p, c)`` of an expert's ``[M, K/32]`` matrix (``Cp = K/128`` column groups) sits at
+        ``(p // 128) * 128 * Cp + (c // 4) * 512 + (p % 32) * 16 + ((p % 128) // 32) * 4 + c % 4``."""
+        cp = k // (4 * INT4_GROUP)
+        first = Int64(expert) * Int64(m) * Int64(cp)
+        src, dst, ok = [], [], []
+        for i in range(self.scale_loads):
+            r = tidx + i * self.threads
+            p = mb * self.bm + r
+            off = (p // SCALE_TILE) * SCALE_TILE * cp + (p % 32) * 16 + ((p % SCALE_TILE) // 32) * 4
+            src.append(scale_ptr + cute.assume(first + Int64(off), divby=2))
+            dst.append(r * INT4_SCALES_PER_KB)
+            ok.append((r < self.bm) & (p < m))
+        return src, dst, ok
+
+    @cute.jit
+    def dequantize(self, tidx: Int32, stage: Int32, sq_ptr: cute.Pointer, ss_ptr: cute.Pointer,
+                   sa_ptr: cute.Pointer):
+        """Ring slot ``stage`` (packed rows, scales) -> the swizzled bf16 block ``sA``: word ``u``
+        (row ``u // 8``, values ``8 (u % 8) .. + 8``, value ``j`` in nibble ``j``) with the scale
+        of its 32-value group, ``bf16(float(q) * s)``, ``q = (nibble ^ 8) - 8``."""
+        words = cute.make_tensor(cute.recast_ptr(sq_ptr + stage * (self.bm * INT4_ROW_BYTES), dtype=Int32),
+                                 cute.make_layout(self.bm * (BK // INT4_PER_WORD)))
+        scales = cute.make_tensor(ss_ptr + stage * (self.bm * INT4_SCALES_PER_KB),
+                                  cute.make_layout(self.bm * INT4_SCALES_PER_KB))
+        per_group = INT4_GROUP // INT4_PER_WORD
+        for j in cutlass.range_constexpr(self.dequant_words):
+            u = tidx + j * self.threads
+            r = u // (BK // INT4_PER_WORD)
+            g = u % (BK // INT4_PER_WORD)
+            word = words[u]
+            s = Float32(scales[r * INT4_SCALES_PER_KB + g // per_group])
+            vals = cute.make_rmem_tensor(INT4_PER_WORD, Float32)
+            for i in cutlass.range_constexpr(INT4_PER_WORD):
+                q = ((word >> (4 * i)) & 0xF) ^ 8
+                vals[i] = (Float32(q) - 8.0) * s
+            out = cute.make_rmem_tensor(INT4_PER_WORD, BFloat16)
+            out.store(vals.load().to(BFloat16))
+            dst = sa_ptr + cute.assume(r * BK + (g ^ (r % 8)) * CHUNK, divby=CHUNK)
+            cute.autovec_copy(out, cute.make_tensor(dst, cute.make_layout(CHUNK)))
 
     @cute.jit
     def load_b(self, g2s: cute.CopyAtom, vec: cute.Layout, kb: Int32, stage: Int32, b_src: list, b_dst: list, b_ok,
@@ -396,10 +535,12 @@ class GroupedGemm:
 # --------------------------------------------------------------------------- compile-time examples
 
 
-def example_args():
-    """Arguments that compile any ``GroupedGemm`` without a GPU (pointers never dereferenced)."""
+def example_args(int4_weights: bool = False):
+    """Arguments that compile a ``GroupedGemm`` without a GPU (pointers never dereferenced)."""
     bf16 = lambda: runtime.fake_ptr(torch.bfloat16, 16)  # noqa: E731
     i32 = lambda: runtime.fake_ptr(torch.int32, 16)  # noqa: E731
     f32 = lambda: runtime.fake_ptr(torch.float32, 4)  # noqa: E731
-    return (bf16(), bf16(), i32(), i32(), i32(), bf16(), bf16(), f32(), f32(), f32(),
+    weights = runtime.fake_ptr(torch.uint8, 16) if int4_weights else bf16()
+    scales = runtime.fake_ptr(torch.bfloat16, 4) if int4_weights else bf16()
+    return (weights, scales, bf16(), i32(), i32(), i32(), bf16(), bf16(), f32(), f32(), f32(),
             256, 256, 128, 1, 1, 1, 1, 0, runtime.fake_stream())
