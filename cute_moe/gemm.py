@@ -35,7 +35,7 @@ import torch
 from . import validate
 from .enums import ActivationType
 from .kernels import runtime
-from .kernels.gemm_config import SCHEDULE_OF_VARIANT, GemmConfig, TileConfig
+from .kernels.gemm_config import INT4_SCALE_ALIGN, SCHEDULE_OF_VARIANT, GemmConfig, TileConfig
 from .plan import MoePlan
 
 __all__ = ["grouped_gemm_fc1", "grouped_gemm_fc2", "warmup", "fc1_kernel_key", "fc2_kernel_key"]
@@ -179,7 +179,8 @@ def grouped_gemm_fc1(hidden_states: torch.Tensor, plan: MoePlan, gemm1_weights: 
         return runtime.ptr(x, align=4) if x is not None else f32_stand_in
 
     lora = runtime.ptr(gemm1_lora_delta) if gemm1_lora_delta is not None else runtime.ptr(hidden_states)
-    scale = runtime.ptr(gemm1_weights_scale, align=4) if gemm1_weights_scale is not None else runtime.ptr(hidden_states)
+    scale = runtime.ptr(gemm1_weights_scale, align=INT4_SCALE_ALIGN) if gemm1_weights_scale is not None \
+        else runtime.ptr(hidden_states)
     fn(runtime.ptr(gemm1_weights), scale, runtime.ptr(hidden_states), runtime.ptr(plan.permuted_idx_to_expanded_idx),
        runtime.ptr(plan.tile_info), runtime.ptr(plan.counters), runtime.ptr(out), lora, opt(gemm1_alpha),
        opt(gemm1_beta), opt(gemm1_clamp_limit), m, h, inter, int(top_k), local, max_tiles,
@@ -217,7 +218,7 @@ def grouped_gemm_fc2(act: torch.Tensor, plan: MoePlan, gemm2_weights: torch.Tens
     key = fc2_kernel_key(tile, config.variant, kind)
     fn = runtime.KERNELS.get(key, runtime.arch_of_device(device), _build(key))
     stand_in = runtime.ptr(out, torch.float32, align=4)
-    scale = runtime.ptr(gemm2_weights_scale, align=4) if gemm2_weights_scale is not None else runtime.ptr(act)
+    scale = runtime.ptr(gemm2_weights_scale, align=INT4_SCALE_ALIGN) if gemm2_weights_scale is not None else runtime.ptr(act)
     fn(runtime.ptr(gemm2_weights), scale, runtime.ptr(act), runtime.ptr(plan.permuted_idx_to_expanded_idx),
        runtime.ptr(plan.tile_info), runtime.ptr(plan.counters), runtime.ptr(out), runtime.ptr(act), stand_in,
        stand_in, stand_in, h, inter, h, plan.shape.top_k, local, max_tiles,

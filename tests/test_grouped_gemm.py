@@ -1,4 +1,4 @@
-"""Grouped GEMMs (FC1, FC2) with bf16 prepared weights.
+"""Grouped GEMMs (FC1, FC2) with bf16 or MXINT4 prepared weights.
 
 CPU: every variant compiles for sm_90a, sm_100a and sm_120a with ``mma.sync`` / ``ldmatrix`` /
 ``cp.async`` in its PTX and no local memory (the cubin's stack frame, EIATTR_FRAME_SIZE, is 0
@@ -53,8 +53,8 @@ VARIANTS = [
 ]
 PTX_NEEDLES = ["mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", "ldmatrix.sync.aligned",
                "cp.async.cg.shared.global", "cp.async.wait_group", "st.global.v4"]
-# the int4 path adds 4-byte cp.async of the scale pairs and the packed float -> bf16x2 rounding
-INT4_PTX_NEEDLES = ["cp.async.ca.shared.global", "cvt.rn.bf16x2.f32", "st.shared.v4"]
+# the int4 path adds 4-byte cp.async of the scale pairs and the lop3 / bf16x2-fma dequantization
+INT4_PTX_NEEDLES = ["cp.async.ca.shared.global", "lop3.b32", "fma.rn.bf16x2", "st.shared.v4"]
 STACK_BUDGET_BYTES = 0  # no spills, no local arrays
 
 
@@ -163,6 +163,7 @@ def test_every_table_tile_fits_its_arch(arch):
     for (variant, bn), (fc1, fc2, ctas, pdl) in TILES[arch].items():
         assert fc1.bn == fc2.bn == bn
         assert fc1.fits(arch) and fc2.fits(arch), f"{variant} bn={bn} does not fit {arch}"
+        assert fc1.fits(arch, int4=True) and fc2.fits(arch, int4=True), f"{variant} bn={bn} int4 exceeds {arch}"
         assert GemmConfig(variant, fc1, fc2, ctas, pdl).tile_rows == bn
 
 
@@ -221,6 +222,7 @@ class Case:
     routing: str = "uniform"  # uniform | hot (slot 0 -> one expert) | few (8 experts receive everything)
     lora: bool = False
     oss: Tuple[bool, bool, bool] = (False, False, False)  # alpha, beta, clamp given
+    int4: bool = False  # MXINT4 weights
 
     @property
     def num_local(self) -> int:
@@ -241,6 +243,8 @@ class Case:
             parts.append("lora")
         if any(self.oss):
             parts.append("oss" + "".join("abc"[i] for i in range(3) if self.oss[i]))
+        if self.int4:
+            parts.append("mxint4")
         return "-".join(parts)
 
 
@@ -268,24 +272,36 @@ CASES = [
     Case("qwen3", 40, 3, 777, local=10, offset=30, variant="static"),
     *[Case("relu2", 16, 2, t, activation=RELU2) for t in (3, 1000)],
     Case("relu2", 16, 2, 200, activation=RELU2, variant="micro"),
+    # MXINT4: scales of several 128-row tiles and experts, every variant, the FC1 epilogue options
+    *[Case("qwen3", 64, 8, t, int4=True, variant=v) for t in (1, 200, 1000) for v in ("micro", "static", "dynamic")],
+    *[Case("dsv3", 256, 8, t, local=16, offset=32, int4=True) for t in (1, 64, 1000)],
+    Case("qwen3", 64, 8, 128, int4=True, lora=True, oss=(True, True, True)),
+    Case("qwen3", 128, 8, 1000, routing="hot", int4=True),
 ]
 
 _WEIGHTS = {}
 
 
-def _weights(shape: str, local: int, activation: int):
-    """Canonical fp32-exact bf16 weights and their prepared forms, one shape resident at a time."""
-    from cute_moe.prepare import prepare_bf16_moe_weights
+def _weights(shape: str, local: int, activation: int, int4: bool = False):
+    """Canonical weights (bf16, or the float32 dequantization of MXINT4) and their prepared forms
+    (``(weights, scales)`` pairs for MXINT4, scales None for bf16), one shape resident at a time."""
+    from cute_moe.prepare import dequantize_mxint4, prepare_bf16_moe_weights, prepare_mxint4_moe_weights, \
+        quantize_mxint4
 
-    key = (shape, local, activation)
+    key = (shape, local, activation, int4)
     if key not in _WEIGHTS:
         _WEIGHTS.clear()
         h, i = SHAPES[shape]
         m = 2 * i if activation == SWIGLU else i
         w1 = (torch.randn(local, m, h, device="cuda") * h ** -0.5).to(torch.bfloat16)
         w2 = (torch.randn(local, h, i, device="cuda") * i ** -0.5).to(torch.bfloat16)
-        g1, g2 = prepare_bf16_moe_weights(w1, w2, activation)
-        _WEIGHTS[key] = (w1, w2, g1, g2)
+        if int4:
+            (q1, s1), (q2, s2) = quantize_mxint4(w1), quantize_mxint4(w2)
+            g1, g1s, g2, g2s = prepare_mxint4_moe_weights(q1, s1, q2, s2)
+            _WEIGHTS[key] = (dequantize_mxint4(q1, s1), dequantize_mxint4(q2, s2), (g1, g1s), (g2, g2s))
+        else:
+            g1, g2 = prepare_bf16_moe_weights(w1, w2, activation)
+            _WEIGHTS[key] = (w1, w2, (g1, None), (g2, None))
     return _WEIGHTS[key]
 
 
@@ -361,7 +377,7 @@ def _run_case(case: Case, record):
     from cute_moe.reference import reference_plan
 
     h, i = SHAPES[case.shape]
-    w1, w2, g1, g2 = _weights(case.shape, case.num_local, case.activation)
+    w1, w2, (g1, g1s), (g2, g2s) = _weights(case.shape, case.num_local, case.activation, case.int4)
     config = _config(case)
     ids = _routing(case)
     plan = reference_plan(ids, case.top_k, case.offset, case.num_local, config.tile_rows)
@@ -376,13 +392,13 @@ def _run_case(case: Case, record):
     delta = (0.5 * torch.randn(case.tokens, case.top_k, m, device="cuda")).to(torch.bfloat16) if case.lora else None
 
     act = torch.full((p, i), float("nan"), dtype=torch.bfloat16, device="cuda")
-    grouped_gemm_fc1(x, plan, g1, top_k=case.top_k, intermediate_size=i, activation_type=case.activation,
-                     config=config, gemm1_alpha=alpha, gemm1_beta=beta, gemm1_clamp_limit=limit,
-                     gemm1_lora_delta=delta, out=act)
+    grouped_gemm_fc1(x, plan, g1, gemm1_weights_scale=g1s, top_k=case.top_k, intermediate_size=i,
+                     activation_type=case.activation, config=config, gemm1_alpha=alpha, gemm1_beta=beta,
+                     gemm1_clamp_limit=limit, gemm1_lora_delta=delta, out=act)
     # FC2 on a fresh random input in the same plan rows, so it is checked independently of FC1
     act_in = torch.randn(p, i, device="cuda").to(torch.bfloat16)
     y = torch.full((p, h), float("nan"), dtype=torch.bfloat16, device="cuda")
-    grouped_gemm_fc2(act_in, plan, g2, hidden_size=h, config=config, out=y)
+    grouped_gemm_fc2(act_in, plan, g2, gemm2_weights_scale=g2s, hidden_size=h, config=config, out=y)
     torch.cuda.synchronize()
 
     tokens = expanded // case.top_k
@@ -415,7 +431,7 @@ def test_cuda_graph_replays_with_new_routing(variant, pdl, record_error):
 
     case = Case("qwen3", 64, 8, 96, variant=variant)
     h, i = SHAPES[case.shape]
-    w1, w2, g1, g2 = _weights(case.shape, case.num_local, case.activation)
+    w1, w2, (g1, _), (g2, _) = _weights(case.shape, case.num_local, case.activation)
     config = dataclasses.replace(_config(case), pdl=pdl)
     x = torch.randn(case.tokens, h, device="cuda").to(torch.bfloat16)
     plan = reference_plan(_routing(case), case.top_k, 0, case.num_local, config.tile_rows)
@@ -463,7 +479,7 @@ def test_programmatic_launch_chain(variant, tokens, record_error):
 
     case = Case("qwen3", 128, 8, tokens, variant=variant)
     h, i = SHAPES[case.shape]
-    w1, w2, g1, g2 = _weights(case.shape, case.num_local, case.activation)
+    w1, w2, (g1, _), (g2, _) = _weights(case.shape, case.num_local, case.activation)
     config = dataclasses.replace(_config(case), pdl=True)
     plan = reference_plan(_routing(case), case.top_k, 0, case.num_local, config.tile_rows)
     x = torch.randn(tokens, h, device="cuda").to(torch.bfloat16)

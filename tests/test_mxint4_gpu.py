@@ -145,12 +145,13 @@ def test_mxint4_swiglu_alpha_beta_clamp(tokens, record_error):
     _compare(out[0], ref[0], record_error, keep)
 
 
-def _routed(case: Case, t: int, swiglu: bool, **kw):
+def _routed(case: Case, t: int, swiglu: bool, gemm_variant: Optional[str] = None, **kw):
     g1, g1s, g2, g2s = _weights(case)
     hidden = torch.randn(t, case.hidden, device="cuda").to(torch.bfloat16)
     packed = pack_topk_reference(*_routing(case, t))
     opts = dict(_swiglu(case, swiglu), gemm2_weights=g2, gemm2_weights_scale=g2s, **_common(case), **kw)
-    out = cute_moe.trtllm_mxint4_block_scale_routed_moe(packed, hidden, g1, g1s, **opts)
+    out = cute_moe.trtllm_mxint4_block_scale_routed_moe(packed, hidden, g1, g1s, gemm_variant=gemm_variant,
+                                                        **opts)
     ref = reference.reference_trtllm_mxint4_block_scale_routed_moe(packed, hidden, g1, g1s, **opts)
     return out, ref
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session's worth of checks, under $OUT (default ./out): logs, JSON lines, plots.
-#   bash tools/device_check.sh [tests|bench|all] [pytest -k expression]
+#   bash tools/device_check.sh [tests|bench|bench-mxint4|all] [pytest -k expression]
 # tests: every GPU test (errors vs the float reference recorded in errors.jsonl);
-# bench: the benchmark of every path (bf16 presets, then MXINT4 next to bf16 on the same shapes).
+# bench: the bf16 presets; bench-mxint4: MXINT4 next to bf16 on the same shapes.
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 what=${1:-all}; filter=${2:-}
@@ -11,13 +11,16 @@ if [[ $what == tests || $what == all ]]; then
   CUTE_MOE_ERROR_REPORT=$OUT/errors.jsonl timeout 560 python3 -m pytest -q -p no:cacheprovider -m gpu tests \
     ${filter:+-k "$filter"} 2>&1 | tee "$OUT/tests.txt" | grep -E "passed|failed|worst rel|FAILED|Error" | tail -25
 fi
+tokens=1,8,64,512,4096
+bench() { timeout 250 python3 -m cute_moe.cli.bench --tokens $tokens --sets 3 --reps 20 "$@" 2>>"$OUT/bench_err.txt"; }
 if [[ $what == bench || $what == all ]]; then
-  tokens=1,8,64,512,4096
-  bench() { timeout 250 python3 -m cute_moe.cli.bench --tokens $tokens --sets 3 --reps 20 "$@" 2>>"$OUT/bench_err.txt"; }
   bench --preset qwen3-30b-a3b --preset deepseek-v3 --preset gpt-oss-120b \
     --out "$OUT/bench.jsonl" --plot "$OUT/bench.png" | tee "$OUT/bench.txt"
-  # MXINT4: Kimi-K2 with 64 of its 384 experts (the bf16 path and the peers hold the dequantized
-  # weights too) and Qwen3-30B-A3B quantized, each next to the bf16 path on the same weights.
+  tr '\r' '\n' <"$OUT/bench_err.txt" | grep -v "point/s\|s/point" | tail -8
+fi
+if [[ $what == bench-mxint4 || $what == all ]]; then
+  # Kimi-K2 with 64 of its 384 experts (the bf16 path and the peers hold the dequantized weights
+  # too) and Qwen3-30B-A3B quantized, each next to the bf16 path on the same weights.
   for preset in "kimi-k2 --experts 64" "qwen3-30b-a3b --weights mxint4"; do
     name=${preset%% *}
     bench --preset $preset --impl cute_mxint4 --impl cute_bf16 --impl torch_grouped_mm \

@@ -30,6 +30,17 @@ INT4_BLOCK_K = 256
 INT4_ROW_BYTES = BK // 2  # packed bytes of one weight row per k-block
 INT4_GROUP = 32
 INT4_SCALES_PER_KB = BK // INT4_GROUP
+# Decode tiles (bn <= INT4_WIDE_BN) load 2 k-blocks (64 of a row's 128 packed bytes) per ring
+# stage, INT4_WIDE_STAGES deep, and dequantize one k-block at a time into two alternating bf16
+# slots; wider tiles stage one k-block (their token rows dominate). H100, Kimi-K2 shape (64
+# experts), FC1 + FC2 of the 64x8 micro tile at T = 1 / 8 / 64 (us, one word dequantized per
+# thread step): 1 k-block x 8 stages 156 / 576 / 1283; x 12: 143 / 627 / 1379; 2 x 6: 128 / 580 /
+# 1267; 4 x 4: 152 / 615 / 1358; 4 x 6: 168 / 751 / 1649. Every ring depth leaves the weights
+# stream at 40-57% of the int4 byte floor: the kernel is issue-bound on dequantization.
+INT4_WIDE_BN = 16
+INT4_DECODE_K_BLOCKS = 2
+INT4_WIDE_STAGES = 6
+INT4_SCALE_ALIGN = 8  # bytes: a row's 4 scales of one column group are one 8-byte cp.async
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync.aligned.m16n8k16 bf16 -> f32
 SHUFFLE_BLOCK = 32  # prepared rows are shuffled inside blocks of 32 (epilogue tile 128)
 VARIANTS = ("micro", "static", "dynamic")
@@ -101,20 +112,28 @@ class TileConfig:
         return (self.bm + self.bn) * BK * 2
 
     @property
-    def int4_stage_bytes(self) -> int:
-        """One ring stage with MXINT4 weights: packed rows, their scales, the token rows."""
-        return self.bm * (INT4_ROW_BYTES + 2 * INT4_SCALES_PER_KB) + self.bn * BK * 2
+    def int4_k_blocks_per_stage(self) -> int:
+        return INT4_DECODE_K_BLOCKS if self.bn <= INT4_WIDE_BN else 1
+
+    @property
+    def int4_stages(self) -> int:
+        return INT4_WIDE_STAGES if self.int4_k_blocks_per_stage > 1 else self.stages
+
+    @property
+    def int4_a_slots(self) -> int:
+        """Dequantized bf16 k-blocks in shared memory (two alternate when a stage holds several)."""
+        return 2 if self.int4_k_blocks_per_stage > 1 else 1
 
     def int4_smem_layout(self) -> "Int4Smem":
-        """Byte offsets with MXINT4 weights: the dequantized bf16 weight block (one k-block, the
-        MMA's A operand) and the token ring first (both 1024-byte aligned for the swizzle), then
-        the packed-weight ring and the scale ring."""
-        a = 0
-        b = self.bm * BK * 2
-        raw = b + self.stages * self.bn * BK * 2
-        scales = raw + self.stages * self.bm * INT4_ROW_BYTES
-        end = scales + self.stages * self.bm * 2 * INT4_SCALES_PER_KB
-        return Int4Smem(a, b, raw, scales, max(end, self.epilogue_bytes))
+        """Byte offsets with MXINT4 weights: the dequantized bf16 k-blocks (the MMA's A operand)
+        and the token ring first (both 1024-byte aligned for the swizzle), then the packed-weight
+        ring and the scale ring."""
+        kps, stages = self.int4_k_blocks_per_stage, self.int4_stages
+        b = self.int4_a_slots * self.bm * BK * 2
+        raw = b + stages * kps * self.bn * BK * 2
+        scales = raw + stages * kps * self.bm * INT4_ROW_BYTES
+        end = scales + stages * kps * self.bm * 2 * INT4_SCALES_PER_KB
+        return Int4Smem(0, b, raw, scales, max(end, self.epilogue_bytes))
 
     @property
     def epilogue_bytes(self) -> int:
@@ -122,13 +141,13 @@ class TileConfig:
 
     @property
     def smem_bytes(self) -> int:
-        """The cp.async ring; the float32 epilogue tile reuses it. With MXINT4 weights the kernel
-        needs :meth:`int4_smem_layout` ``.total``, never more than this (stages >= 2)."""
+        """The cp.async ring; the float32 epilogue tile reuses it (bf16 weights; MXINT4:
+        :meth:`int4_smem_layout`)."""
         return max(self.stages * self.stage_bytes, self.epilogue_bytes)
 
-    def fits(self, arch: str) -> bool:
+    def fits(self, arch: str, int4: bool = False) -> bool:
         limit = SMEM_LIMIT_SM120 if arch == "sm_120a" else SMEM_LIMIT
-        return self.smem_bytes <= limit
+        return (self.int4_smem_layout().total if int4 else self.smem_bytes) <= limit
 
     @property
     def tag(self) -> str:

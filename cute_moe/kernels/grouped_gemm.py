@@ -19,8 +19,10 @@ Per work item (plan tile ``t``, m-block ``mb``), with ``(e, row0, nrows) = tile_
   (cute_moe.layouts.scale_interleave; rows in the weights' prepared order), flat per expert.
   k-block ``kb`` of a row is the 32-byte quarter ``kb % 4`` of its 128-byte block ``kb // 4``;
   its two scales are adjacent (columns ``2kb, 2kb+1`` of one 4-column group). Packed bytes and
-  scales ride the cp.async ring; after each wait the CTA dequantizes the stage,
-  ``w = float(q) * s`` rounded to bf16, into one swizzled bf16 block that the MMAs read.
+  scales ride the cp.async ring, one k-block or (decode tiles) one whole 128-byte block of 4
+  k-blocks per stage (TileConfig.int4_k_blocks_per_stage); each k-block is dequantized,
+  ``w = bf16(q * s)`` (cute_moe.kernels.int4_convert), into a swizzled bf16 slot that the MMAs
+  read (two slots alternate when a stage holds 4 k-blocks: one barrier per k-block).
 * Weights are the MMA's A operand (M side), tokens the B operand (N side), both K-major:
   ``mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`` on fragments loaded by ``ldmatrix``
   from 128-byte-swizzled shared memory, filled by 16-byte ``cp.async`` in a ``stages``-deep ring.
@@ -45,9 +47,9 @@ from cutlass import BFloat16, Float32, Int32, Int64, Uint8
 
 from ..enums import ActivationType
 from . import gemm_epilogue as epi
-from . import runtime
-from .gemm_config import (BK, INT4_BLOCK_K, INT4_GROUP, INT4_ROW_BYTES, INT4_SCALES_PER_KB, MMA_K, MMA_M, MMA_N,
-                          RASTER_TILES, SCHEDULES, TileConfig, c_row_stride)
+from . import int4_convert, runtime
+from .gemm_config import (BK, INT4_BLOCK_K, INT4_GROUP, INT4_ROW_BYTES, INT4_SCALE_ALIGN, INT4_SCALES_PER_KB,
+                          MMA_K, MMA_M, MMA_N, RASTER_TILES, SCHEDULES, TileConfig, c_row_stride)
 
 CHUNK = 8  # bf16 per 16-byte cp.async / store
 CHUNKS_PER_ROW = BK // CHUNK  # 16-byte chunks of one 128-byte K-block row
@@ -101,15 +103,26 @@ class GroupedGemm:
         self.vecs_per_row = self.bm // self.rows_per_vec
         self.c_stride = c_row_stride(self.bm)
         self.int4 = bool(int4_weights)
+        # k-blocks per ring stage and ring depth (bf16: one k-block per stage)
+        self.kps = tile.int4_k_blocks_per_stage if self.int4 else 1
+        self.ring = tile.int4_stages if self.int4 else self.stages
         if self.int4:
-            # per thread and stage: packed chunks (rows tid//2 + i*threads/2, half tid%2), scale
-            # pairs (rows tid + i*threads), dequantized words (tid + i*threads, 8 per row)
-            if (self.bm * INT4_CHUNKS) % self.threads:
-                raise ValueError(f"int4 weights: {self.bm} rows x {INT4_CHUNKS} chunks do not split over "
+            # per thread and stage: packed 16-byte chunks (row-major over rows x 2*kps chunks),
+            # scale pieces (up to 4 adjacent scales of one row), dequantized words per k-block
+            self.row_chunks = INT4_CHUNKS * self.kps
+            if (self.bm * self.row_chunks) % self.threads or self.threads % self.row_chunks:
+                raise ValueError(f"int4 weights: {self.bm} rows x {self.row_chunks} chunks do not split over "
                                  f"{self.threads} threads")
-            self.int4_loads = self.bm * INT4_CHUNKS // self.threads
-            self.scale_loads = (self.bm + self.threads - 1) // self.threads
-            self.dequant_words = self.bm * (BK // INT4_PER_WORD) // self.threads
+            self.int4_loads = self.bm * self.row_chunks // self.threads
+            self.piece_scales = min(4, INT4_SCALES_PER_KB * self.kps)  # one 4-column group at most
+            self.row_pieces = INT4_SCALES_PER_KB * self.kps // self.piece_scales
+            self.scale_loads = (self.bm * self.row_pieces + self.threads - 1) // self.threads
+            # dequantization unit: one row's 32-value scale group of a k-block (16 packed bytes)
+            if (self.bm * INT4_SCALES_PER_KB) % self.threads:
+                raise ValueError(f"int4 weights: {self.bm} rows x {INT4_SCALES_PER_KB} groups do not split over "
+                                 f"{self.threads} threads")
+            self.dequant_units = self.bm * INT4_SCALES_PER_KB // self.threads
+            self.a_slots = tile.int4_a_slots
             self.smem = tile.int4_smem_layout()
 
     # ------------------------------------------------------------------ host side (jit)
@@ -218,6 +231,8 @@ class GroupedGemm:
         row0 = tile_info[tile, 1]
         nrows = tile_info[tile, 2]
         k_blocks = k // BK
+        k_stages = k_blocks // self.kps
+        ring = self.ring
         chunk = tidx % CHUNKS_PER_ROW
         row_in = tidx // CHUNKS_PER_ROW
 
@@ -257,11 +272,11 @@ class GroupedGemm:
 
         # ---- MMA partitions over the swizzled ring (int4: over the one dequantized block)
         swz = _swizzle()
-        a_stages = 1 if cutlass.const_expr(self.int4) else stages
+        a_slots = self.a_slots if cutlass.const_expr(self.int4) else stages
         sA = cute.make_tensor(cute.recast_ptr(sa_ptr, swz, dtype=BFloat16),
-                              cute.make_layout((bm, BK, a_stages), stride=(BK, 1, bm * BK)))
+                              cute.make_layout((bm, BK, a_slots), stride=(BK, 1, bm * BK)))
         sB = cute.make_tensor(cute.recast_ptr(sb_ptr, swz, dtype=BFloat16),
-                              cute.make_layout((bn, BK, stages), stride=(BK, 1, bn * BK)))
+                              cute.make_layout((bn, BK, ring * self.kps), stride=(BK, 1, bn * BK)))
         thr_mma = tiled_mma.get_slice(tidx)
         tCsA = thr_mma.partition_A(sA)
         tCsB = thr_mma.partition_B(sB)
@@ -281,42 +296,45 @@ class GroupedGemm:
         tXrB = thr_s2r_b.retile(tCrB)
         k_steps = cute.size(tCrA, mode=[2])
 
-        # ---- cp.async ring: k-block kb goes to stage kb % stages
+        # ---- cp.async ring: stage ks (k-blocks ks*kps ..) goes to slot ks % ring
         # (weights first: they do not depend on the previous kernel; group s then holds B(s) and
-        # every A issued before it, so waiting for group s still covers k-block s)
-        for s in cutlass.range_constexpr(stages - 1):
-            if s < k_blocks:
+        # every A issued before it, so waiting for group s still covers stage s)
+        for s in cutlass.range_constexpr(ring - 1):
+            if s < k_stages:
                 self.load_weights(s, s, kb_stride, a_src, a_dst, a_ok, s_src, s_dst, s_ok, sa_ptr, sq_ptr, ss_ptr)
         if cutlass.const_expr(not self.is_fc1):
             cute.arch.griddepcontrol_wait()
-        for s in cutlass.range_constexpr(stages - 1):
-            if s < k_blocks:
+        for s in cutlass.range_constexpr(ring - 1):
+            if s < k_stages:
                 self.load_b(g2s, vec, s, s, b_src, b_dst, b_ok, sb_ptr)
             cute.arch.cp_async_commit_group()
         read_stage = Int32(0)
-        write_stage = Int32(stages - 1)
-        for kb in cutlass.range(k_blocks, unroll=1):
-            cute.arch.cp_async_wait_group(stages - 2)
+        write_stage = Int32(ring - 1)
+        for ks in cutlass.range(k_stages, unroll=1):
+            cute.arch.cp_async_wait_group(ring - 2)
             cute.arch.sync_threads()
-            nxt = kb + stages - 1
-            if nxt < k_blocks:
+            nxt = ks + ring - 1
+            if nxt < k_stages:
                 self.load_weights(nxt, write_stage, kb_stride, a_src, a_dst, a_ok, s_src, s_dst, s_ok, sa_ptr,
                                   sq_ptr, ss_ptr)
                 self.load_b(g2s, vec, nxt, write_stage, b_src, b_dst, b_ok, sb_ptr)
             cute.arch.cp_async_commit_group()
-            a_stage = read_stage
-            if cutlass.const_expr(self.int4):
-                # the top barrier also means every warp is done with the previous dequantized block
-                self.dequantize(tidx, read_stage, sq_ptr, ss_ptr, sa_ptr)
-                cute.arch.sync_threads()
-                a_stage = Int32(0)
-            for kk in cutlass.range_constexpr(k_steps):
-                cute.copy(s2r_a, tXsA[None, None, kk, a_stage], tXrA[None, None, kk])
-                cute.copy(s2r_b, tXsB[None, None, kk, read_stage], tXrB[None, None, kk])
-                cute.gemm(tiled_mma, acc, tCrA[None, None, kk], tCrB[None, None, kk], acc)
+            for sub in cutlass.range_constexpr(self.kps):
+                a_slot = read_stage
+                if cutlass.const_expr(self.int4):
+                    # int4: dequantize k-block `sub` of the stage into slot sub % a_slots; a warp
+                    # past this barrier has finished the MMAs that last read that slot (they ran
+                    # before its previous dequantization, or before the top barrier)
+                    a_slot = sub % self.a_slots
+                    self.dequantize(tidx, read_stage, sub, a_slot, sq_ptr, ss_ptr, sa_ptr)
+                    cute.arch.sync_threads()
+                for kk in cutlass.range_constexpr(k_steps):
+                    cute.copy(s2r_a, tXsA[None, None, kk, a_slot], tXrA[None, None, kk])
+                    cute.copy(s2r_b, tXsB[None, None, kk, read_stage * self.kps + sub], tXrB[None, None, kk])
+                    cute.gemm(tiled_mma, acc, tCrA[None, None, kk], tCrB[None, None, kk], acc)
             write_stage = read_stage
             read_stage = read_stage + 1
-            if read_stage == stages:
+            if read_stage == ring:
                 read_stage = Int32(0)
         cute.arch.cp_async_wait_group(0)
         cute.arch.sync_threads()
@@ -344,12 +362,17 @@ class GroupedGemm:
             g2s16 = cute.make_copy_atom(
                 cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.GLOBAL), Uint8,
                 num_bits_per_copy=128)
-            g2s4 = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(), BFloat16, num_bits_per_copy=32)
-            # quarter kb % 4 of 128-byte block kb // 4; scale columns 2kb, 2kb+1 (group kb // 2)
-            q_kb = cute.assume(Int64(kb // 4) * kb_stride + Int64((kb % 4) * INT4_ROW_BYTES), divby=16)
-            s_kb = cute.assume((kb // 2) * (SCALE_TILE * 4) + (kb % 2) * INT4_SCALES_PER_KB, divby=2)
-            q_stage = stage * (self.bm * INT4_ROW_BYTES)
-            s_stage = stage * (self.bm * INT4_SCALES_PER_KB)
+            g2s_s = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(), BFloat16,
+                                        num_bits_per_copy=16 * self.piece_scales)
+            # stage kb (here: the stage index) starts at k-block kb0 = kb * kps: quarter kb0 % 4 of
+            # 128-byte block kb0 // 4; its scales are columns 2*kb0 .., in 4-column groups
+            kb0 = kb * self.kps
+            q_kb = cute.assume(Int64(kb0 // 4) * kb_stride + Int64((kb0 % 4) * INT4_ROW_BYTES), divby=16)
+            c0 = kb0 * INT4_SCALES_PER_KB
+            s_kb = cute.assume((c0 // 4) * (SCALE_TILE * 4) + c0 % 4, divby=self.piece_scales)
+            q_stage = stage * (self.bm * INT4_ROW_BYTES * self.kps)
+            s_stage = stage * (self.bm * INT4_SCALES_PER_KB * self.kps)
+            piece = cute.make_layout(self.piece_scales)
             for i in cutlass.range_constexpr(self.int4_loads):
                 if a_ok[i]:
                     cute.copy(g2s16, cute.make_tensor(a_src[i] + q_kb, cute.make_layout(16)),
@@ -357,9 +380,9 @@ class GroupedGemm:
                                                cute.make_layout(16)))
             for i in cutlass.range_constexpr(self.scale_loads):
                 if s_ok[i]:
-                    cute.copy(g2s4, cute.make_tensor(s_src[i] + s_kb, cute.make_layout(INT4_SCALES_PER_KB)),
-                              cute.make_tensor(ss_ptr + cute.assume(s_stage + s_dst[i], divby=2),
-                                               cute.make_layout(INT4_SCALES_PER_KB)))
+                    cute.copy(g2s_s, cute.make_tensor(s_src[i] + s_kb, piece),
+                              cute.make_tensor(ss_ptr + cute.assume(s_stage + s_dst[i], divby=self.piece_scales),
+                                               piece))
         else:
             g2s = cute.make_copy_atom(
                 cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.GLOBAL), BFloat16,
@@ -373,77 +396,90 @@ class GroupedGemm:
                               cute.make_tensor(sa_ptr + cute.assume(a_stage + a_dst[i], divby=CHUNK), vec))
 
     def int4_weight_sources(self, tidx: Int32, expert: Int32, mb: Int32, w_ptr: cute.Pointer, m: Int32, k: Int32):
-        """Packed rows at k-block 0: thread ``tid`` copies 16-byte half ``tid % 2`` of rows
-        ``tid // 2 + i * threads / 2``; row ``p`` of block ``b`` starts at byte
+        """Packed rows at stage 0: thread ``tid`` copies 16-byte chunk ``tid % row_chunks`` of rows
+        ``tid // row_chunks + i * threads / row_chunks``; row ``p`` of block ``b`` starts at byte
         ``((e * K/256 + b) * M + p) * 128``."""
-        half = tidx % INT4_CHUNKS
+        c = tidx % self.row_chunks
         first = Int64(expert) * Int64(k // INT4_BLOCK_K) * Int64(m)
         src, dst, ok = [], [], []
         for i in range(self.int4_loads):
-            r = tidx // INT4_CHUNKS + i * (self.threads // INT4_CHUNKS)
+            r = tidx // self.row_chunks + i * (self.threads // self.row_chunks)
             p = mb * self.bm + r
-            src.append(w_ptr + cute.assume((first + Int64(p)) * INT4_BLOCK_BYTES + Int64(half * 16), divby=16))
-            dst.append(r * INT4_ROW_BYTES + half * 16)
+            src.append(w_ptr + cute.assume((first + Int64(p)) * INT4_BLOCK_BYTES + Int64(c * 16), divby=16))
+            dst.append(r * (INT4_ROW_BYTES * self.kps) + c * 16)
             ok.append(p < m)
         return src, dst, ok
 
     def int4_scale_sources(self, tidx: Int32, expert: Int32, mb: Int32, scale_ptr: cute.Pointer, m: Int32,
                            k: Int32):
-        """Scale pairs at k-block 0: thread ``tid`` copies those of rows ``tid + i * threads``;
-        scale ``(p, c)`` of an expert's ``[M, K/32]`` matrix (``Cp = K/128`` column groups) sits at
+        """Scale pieces at stage 0: item ``tid + i * threads`` is piece ``item % row_pieces`` of
+        row ``item // row_pieces`` (``piece_scales`` adjacent scales, the next piece one 4-column
+        group, 512 elements, on); scale ``(p, c)`` of an expert's ``[M, Cp = K/32]`` matrix sits at
         ``(p // 128) * 128 * Cp + (c // 4) * 512 + (p % 32) * 16 + ((p % 128) // 32) * 4 + c % 4``."""
-        cp = k // (4 * INT4_GROUP)
+        cp = k // INT4_GROUP
         first = Int64(expert) * Int64(m) * Int64(cp)
         src, dst, ok = [], [], []
         for i in range(self.scale_loads):
-            r = tidx + i * self.threads
+            item = tidx + i * self.threads
+            r = item // self.row_pieces
+            piece = item % self.row_pieces
             p = mb * self.bm + r
-            off = (p // SCALE_TILE) * SCALE_TILE * cp + (p % 32) * 16 + ((p % SCALE_TILE) // 32) * 4
-            src.append(scale_ptr + cute.assume(first + Int64(off), divby=2))
-            dst.append(r * INT4_SCALES_PER_KB)
+            off = (p // SCALE_TILE) * SCALE_TILE * cp + (p % 32) * 16 + ((p % SCALE_TILE) // 32) * 4 \
+                + piece * (SCALE_TILE * 4)
+            src.append(scale_ptr + cute.assume(first + Int64(off), divby=4))
+            dst.append(r * (INT4_SCALES_PER_KB * self.kps) + piece * self.piece_scales)
             ok.append((r < self.bm) & (p < m))
         return src, dst, ok
 
     @cute.jit
-    def dequantize(self, tidx: Int32, stage: Int32, sq_ptr: cute.Pointer, ss_ptr: cute.Pointer,
-                   sa_ptr: cute.Pointer):
-        """Ring slot ``stage`` (packed rows, scales) -> the swizzled bf16 block ``sA``: word ``u``
-        (row ``u // 8``, values ``8 (u % 8) .. + 8``, value ``j`` in nibble ``j``) with the scale
-        of its 32-value group, ``bf16(float(q) * s)``, ``q = (nibble ^ 8) - 8``."""
-        words = cute.make_tensor(cute.recast_ptr(sq_ptr + stage * (self.bm * INT4_ROW_BYTES), dtype=Int32),
-                                 cute.make_layout(self.bm * (BK // INT4_PER_WORD)))
-        scales = cute.make_tensor(ss_ptr + stage * (self.bm * INT4_SCALES_PER_KB),
-                                  cute.make_layout(self.bm * INT4_SCALES_PER_KB))
-        per_group = INT4_GROUP // INT4_PER_WORD
-        for j in cutlass.range_constexpr(self.dequant_words):
+    def dequantize(self, tidx: Int32, stage: Int32, sub: cutlass.Constexpr, slot: cutlass.Constexpr,
+                   sq_ptr: cute.Pointer, ss_ptr: cute.Pointer, sa_ptr: cute.Pointer):
+        """k-block ``sub`` of ring slot ``stage`` (packed rows, scales) -> bf16 slot ``slot`` of
+        ``sA`` (swizzled). Unit ``u``: row ``u // 2``, scale group ``h = u % 2`` (values
+        ``32h .. 32h + 32``, 16 packed bytes, one scale) -> 4 chunks of 8 bf16, ``bf16(q * s)``
+        (cute_moe.kernels.int4_convert)."""
+        row_bytes = INT4_ROW_BYTES * self.kps
+        raw = sq_ptr + cute.assume(stage * (self.bm * row_bytes) + sub * INT4_ROW_BYTES, divby=16)
+        # the two scales of a row and k-block are one 32-bit word
+        scale_words = cute.make_tensor(
+            cute.recast_ptr(ss_ptr + stage * (self.bm * INT4_SCALES_PER_KB * self.kps), dtype=Int32),
+            cute.make_layout((self.kps, self.bm), stride=(1, self.kps)))
+        sa_words = cute.recast_ptr(sa_ptr + slot * (self.bm * BK), dtype=Int32)
+        words_per_unit = INT4_GROUP // INT4_PER_WORD
+        for j in cutlass.range_constexpr(self.dequant_units):
             u = tidx + j * self.threads
-            r = u // (BK // INT4_PER_WORD)
-            g = u % (BK // INT4_PER_WORD)
-            word = words[u]
-            s = Float32(scales[r * INT4_SCALES_PER_KB + g // per_group])
-            vals = cute.make_rmem_tensor(INT4_PER_WORD, Float32)
-            for i in cutlass.range_constexpr(INT4_PER_WORD):
-                q = ((word >> (4 * i)) & 0xF) ^ 8
-                vals[i] = (Float32(q) - 8.0) * s
-            out = cute.make_rmem_tensor(INT4_PER_WORD, BFloat16)
-            out.store(vals.load().to(BFloat16))
-            dst = sa_ptr + cute.assume(r * BK + (g ^ (r % 8)) * CHUNK, divby=CHUNK)
-            cute.autovec_copy(out, cute.make_tensor(dst, cute.make_layout(CHUNK)))
+            r = u // INT4_SCALES_PER_KB
+            h = u % INT4_SCALES_PER_KB
+            words = cute.make_rmem_tensor(words_per_unit, Int32)
+            src = cute.recast_ptr(raw + cute.assume(r * row_bytes + h * 16, divby=16), dtype=Int32)
+            cute.autovec_copy(cute.make_tensor(src, cute.make_layout(words_per_unit)), words)
+            s2 = int4_convert.scale_pair(scale_words[sub, r], h)
+            for c in cutlass.range_constexpr(words_per_unit):
+                w = words[c] ^ int4_convert.SIGN_FLIP
+                hi = w >> 4
+                out = cute.make_rmem_tensor(CHUNK // 2, Int32)
+                for p in cutlass.range_constexpr(CHUNK // 2):
+                    out[p] = int4_convert.scaled_pair(w, hi, s2, p)
+                chunk = h * words_per_unit + c
+                dst = sa_words + cute.assume((r * BK + (chunk ^ (r % 8)) * CHUNK) // 2, divby=4)
+                cute.autovec_copy(out, cute.make_tensor(dst, cute.make_layout(CHUNK // 2)))
 
     @cute.jit
-    def load_b(self, g2s: cute.CopyAtom, vec: cute.Layout, kb: Int32, stage: Int32, b_src: list, b_dst: list, b_ok,
+    def load_b(self, g2s: cute.CopyAtom, vec: cute.Layout, ks: Int32, stage: Int32, b_src: list, b_dst: list, b_ok,
                sb_ptr: cute.Pointer):
-        """cp.async k-block ``kb`` of the tile's token rows into ring slot ``stage``."""
-        b_kb = cute.assume(kb * BK, divby=CHUNK)
-        b_stage = stage * (self.bn * BK)
-        for i in cutlass.range_constexpr(self.b_loads):
-            if cutlass.const_expr(self.b_partial):
-                if b_ok:
+        """cp.async the ``kps`` k-blocks of stage ``ks`` of the tile's token rows into ring slot
+        ``stage`` (k-block ``sub`` in sub-slot ``stage * kps + sub``)."""
+        for sub in cutlass.range_constexpr(self.kps):
+            b_kb = cute.assume((ks * self.kps + sub) * BK, divby=CHUNK)
+            b_stage = (stage * self.kps + sub) * (self.bn * BK)
+            for i in cutlass.range_constexpr(self.b_loads):
+                if cutlass.const_expr(self.b_partial):
+                    if b_ok:
+                        cute.copy(g2s, cute.make_tensor(b_src[i] + b_kb, vec),
+                                  cute.make_tensor(sb_ptr + cute.assume(b_stage + b_dst[i], divby=CHUNK), vec))
+                else:
                     cute.copy(g2s, cute.make_tensor(b_src[i] + b_kb, vec),
                               cute.make_tensor(sb_ptr + cute.assume(b_stage + b_dst[i], divby=CHUNK), vec))
-            else:
-                cute.copy(g2s, cute.make_tensor(b_src[i] + b_kb, vec),
-                          cute.make_tensor(sb_ptr + cute.assume(b_stage + b_dst[i], divby=CHUNK), vec))
 
     @cute.jit
     def store_fc1(self, tidx: Int32, sc_ptr: cute.Pointer, expert: Int32, row0: Int32, nrows: Int32, mb: Int32,
@@ -541,6 +577,6 @@ def example_args(int4_weights: bool = False):
     i32 = lambda: runtime.fake_ptr(torch.int32, 16)  # noqa: E731
     f32 = lambda: runtime.fake_ptr(torch.float32, 4)  # noqa: E731
     weights = runtime.fake_ptr(torch.uint8, 16) if int4_weights else bf16()
-    scales = runtime.fake_ptr(torch.bfloat16, 4) if int4_weights else bf16()
+    scales = runtime.fake_ptr(torch.bfloat16, INT4_SCALE_ALIGN) if int4_weights else bf16()
     return (weights, scales, bf16(), i32(), i32(), i32(), bf16(), bf16(), f32(), f32(), f32(),
             256, 256, 128, 1, 1, 1, 1, 0, runtime.fake_stream())
