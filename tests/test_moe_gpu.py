@@ -17,10 +17,9 @@ from cute_moe import reference
 from cute_moe.enums import ActivationType, RoutingMethodType as RM
 from cute_moe.prepare import prepare_bf16_moe_weights
 from cute_moe.routing_ref import ambiguous_tokens, pack_topk_reference
+from moe_checks import check_graph_replay, compare
 
 pytestmark = pytest.mark.gpu
-
-REL_BOUND = 1e-2
 
 
 @dataclass(frozen=True)
@@ -88,19 +87,6 @@ def _common(case: Case):
                 routing_method_type=int(case.method), activation_type=int(case.activation))
 
 
-def _compare(out, ref, record, mask=None, **extra):
-    out, ref = out.float(), ref.float()
-    if mask is not None:
-        out, ref = out[mask], ref[mask]
-    assert not torch.isnan(out).any(), "NaN in the output"
-    diff = out - ref
-    rel = (diff.norm() / ref.norm().clamp_min(1e-30)).item() if ref.numel() else 0.0
-    max_abs = diff.abs().max().item() if ref.numel() else 0.0
-    record(rel, max_abs, **extra)
-    assert rel <= REL_BOUND, f"rel err {rel:.3e} > {REL_BOUND}"
-    return rel
-
-
 QWEN3 = Case(2048, 768, 128, 8, RM.RenormalizeNaive)
 GPT_OSS = Case(2880, 2880, 32, 4, RM.Renormalize, swiglu=(1.702, 1.0, 7.0))
 DEEPSEEK = Case(7168, 2048, 16, 8, RM.DeepSeekV3, n_group=4, topk_group=2, scale=2.5)
@@ -123,7 +109,7 @@ def test_bf16_moe_from_logits(case, tokens, record_error):
     ref = reference.reference_trtllm_bf16_moe(logits, bias, hidden, g1, g2, **kw)
     keep = ~ambiguous_tokens(logits, bias, case.top_k, case.method, case.n_group, case.topk_group)
     assert keep.float().mean() > 0.9
-    _compare(out, ref, record_error, keep)
+    compare(out, ref, record_error, keep)
 
 
 SMALL = dict(hidden=512, inter=256, experts=64, top_k=4)
@@ -146,7 +132,7 @@ def test_every_routing_method(method, record_error):
     out = cute_moe.trtllm_bf16_moe(logits, bias, hidden, g1, g2, **_common(case))
     ref = reference.reference_trtllm_bf16_moe(logits, bias, hidden, g1, g2, **_common(case))
     keep = ~ambiguous_tokens(logits, bias, case.top_k, method, case.n_group, case.topk_group)
-    _compare(out, ref, record_error, keep)
+    compare(out, ref, record_error, keep)
 
 
 def _routing(case: Case, t: int, experts=None):
@@ -176,7 +162,7 @@ def test_every_variant_forced(variant, tokens, record_error):
     hidden = torch.randn(tokens, case.hidden, device="cuda").to(torch.bfloat16)
     ids, w = _routing(case, tokens)
     out, ref = _routed(case, hidden, pack_topk_reference(ids, w), record_error, variant=variant)
-    _compare(out, ref, record_error)
+    compare(out, ref, record_error)
 
 
 @pytest.mark.parametrize("name,experts_used,local,offset", [
@@ -194,7 +180,7 @@ def test_routing_edge_cases(name, experts_used, local, offset, tokens, record_er
     else:
         ids, w = _routing(case, tokens, experts_used)
     out, ref = _routed(case, hidden, (ids, w), record_error)
-    _compare(out, ref, record_error)
+    compare(out, ref, record_error)
 
 
 @pytest.mark.parametrize("weights_dtype", [torch.bfloat16, torch.float32])
@@ -210,9 +196,9 @@ def test_pair_routing_and_unfinalized_outputs(weights_dtype, record_error):
     assert weights.dtype == weights_dtype and torch.equal(weights.float(), w_ref.float())
     rows, rows_ref = perm.view(t, case.top_k).long(), perm_ref.view(t, case.top_k).long()
     assert (rows >= 0).all()
-    _compare(g2_out[rows.flatten()], g2_ref[rows_ref.flatten()], record_error)
+    compare(g2_out[rows.flatten()], g2_ref[rows_ref.flatten()], record_error)
     final = reference.finalize_from_unfinalized(g2_out, weights, perm, case.top_k)
-    _compare(final, reference.finalize_from_unfinalized(g2_ref, w_ref, perm_ref, case.top_k), record_error)
+    compare(final, reference.finalize_from_unfinalized(g2_ref, w_ref, perm_ref, case.top_k), record_error)
 
 
 @pytest.mark.parametrize("do_finalize", [True, False])
@@ -226,10 +212,10 @@ def test_lora_delta(do_finalize, record_error):
                        do_finalize=do_finalize)
     perm, perm_ref = out[-2].long(), ref[-2].long()
     act, act_ref = out[-1], ref[-1]
-    _compare(act[perm], act_ref[perm_ref], record_error, what="gemm1_output")
+    compare(act[perm], act_ref[perm_ref], record_error, what="gemm1_output")
     first = out[0] if do_finalize else reference.finalize_from_unfinalized(out[0], out[1], out[2], case.top_k)
     first_ref = ref[0] if do_finalize else reference.finalize_from_unfinalized(ref[0], ref[1], ref[2], case.top_k)
-    _compare(first, first_ref, record_error)
+    compare(first, first_ref, record_error)
 
 
 def test_zero_tokens_and_output_in_place():
@@ -251,25 +237,15 @@ def test_cuda_graph_replays_new_routing(record_error):
     hidden = torch.randn(t, case.hidden, device="cuda").to(torch.bfloat16)
     logits = _logits(case, t)
     out = torch.empty(t, case.hidden, dtype=torch.bfloat16, device="cuda")
-    run = lambda: cute_moe.trtllm_bf16_moe(logits, None, hidden, g1, g2, output=out, **_common(case))
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        run()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    for _ in range(2):
+
+    def refresh():
         logits.copy_(_logits(case, t))
         hidden.copy_(torch.randn(t, case.hidden, device="cuda").to(torch.bfloat16))
-        graph.replay()
-        torch.cuda.synchronize()
-        replayed = out.clone()
-        eager = cute_moe.trtllm_bf16_moe(logits, None, hidden, g1, g2, **_common(case))
-        assert torch.equal(replayed, eager), "graph replay differs from the eager call"
-        ref = reference.reference_trtllm_bf16_moe(logits, None, hidden, g1, g2, **_common(case))
-        _compare(replayed, ref, record_error)
+
+    check_graph_replay(
+        lambda: cute_moe.trtllm_bf16_moe(logits, None, hidden, g1, g2, output=out, **_common(case)), out, refresh,
+        lambda: cute_moe.trtllm_bf16_moe(logits, None, hidden, g1, g2, **_common(case)),
+        lambda: reference.reference_trtllm_bf16_moe(logits, None, hidden, g1, g2, **_common(case)), record_error)
 
 
 def test_torch_compile_traces_the_custom_op(record_error):
@@ -279,4 +255,4 @@ def test_torch_compile_traces_the_custom_op(record_error):
     logits = _logits(case, 33)
     fn = torch.compile(lambda x, l: cute_moe.trtllm_bf16_moe(l, None, x, g1, g2, **_common(case)), fullgraph=True)
     out = fn(hidden, logits)
-    _compare(out, reference.reference_trtllm_bf16_moe(logits, None, hidden, g1, g2, **_common(case)), record_error)
+    compare(out, reference.reference_trtllm_bf16_moe(logits, None, hidden, g1, g2, **_common(case)), record_error)

@@ -21,10 +21,9 @@ from cute_moe.integrations import vllm
 from cute_moe.layouts import pack_uint4b8, unpack_int4
 from cute_moe.prepare import prepare_mxint4_moe_weights, prepare_static_weights_for_trtllm_mxint4_moe, quantize_mxint4
 from cute_moe.routing_ref import ambiguous_tokens, pack_topk_reference
+from moe_checks import check_graph_replay, compare
 
 pytestmark = pytest.mark.gpu
-
-REL_BOUND = 1e-2
 
 
 @dataclass(frozen=True)
@@ -101,18 +100,6 @@ def _routing(case: Case, t: int):
     return ids.to(torch.int32), (w / w.sum(-1, keepdim=True)).to(torch.bfloat16)
 
 
-def _compare(out, ref, record, mask=None, **extra):
-    out, ref = out.float(), ref.float()
-    if mask is not None:
-        out, ref = out[mask], ref[mask]
-    assert not torch.isnan(out).any(), "NaN in the output"
-    diff = out - ref
-    rel = (diff.norm() / ref.norm().clamp_min(1e-30)).item() if ref.numel() else 0.0
-    record(rel, diff.abs().max().item() if ref.numel() else 0.0, **extra)
-    assert rel <= REL_BOUND, f"rel err {rel:.3e} > {REL_BOUND}"
-    return rel
-
-
 def _from_logits(case: Case, t: int, record, swiglu=False, **kw):
     g1, g1s, g2, g2s = _weights(case)
     hidden = torch.randn(t, case.hidden, device="cuda").to(torch.bfloat16)
@@ -136,13 +123,13 @@ def _from_logits(case: Case, t: int, record, swiglu=False, **kw):
 def test_mxint4_moe_from_logits(case, tokens, record_error):
     out, ref, keep = _from_logits(case, tokens, record_error)
     assert isinstance(out, list) and len(out) == 1
-    _compare(out[0], ref[0], record_error, keep)
+    compare(out[0], ref[0], record_error, keep)
 
 
 @pytest.mark.parametrize("tokens", [4, 512])
 def test_mxint4_swiglu_alpha_beta_clamp(tokens, record_error):
     out, ref, keep = _from_logits(QWEN3, tokens, record_error, swiglu=True)
-    _compare(out[0], ref[0], record_error, keep)
+    compare(out[0], ref[0], record_error, keep)
 
 
 def _routed(case: Case, t: int, swiglu: bool, gemm_variant: Optional[str] = None, **kw):
@@ -168,20 +155,20 @@ def test_mxint4_routed_return_table(swiglu, lora, do_finalize, record_error):
     assert len(out) == len(ref)
     if lora:
         perm, perm_ref = out[-2].long(), ref[-2].long()
-        _compare(out[-1][perm], ref[-1][perm_ref], record_error, what="gemm1_output")
+        compare(out[-1][perm], ref[-1][perm_ref], record_error, what="gemm1_output")
     if do_finalize:
-        _compare(out[0], ref[0], record_error)
+        compare(out[0], ref[0], record_error)
     else:
         final = reference.finalize_from_unfinalized(out[0], out[1], out[2], case.top_k)
         final_ref = reference.finalize_from_unfinalized(ref[0], ref[1], ref[2], case.top_k)
-        _compare(final, final_ref, record_error)
+        compare(final, final_ref, record_error)
 
 
 @pytest.mark.parametrize("variant", ["micro", "static", "dynamic"])
 @pytest.mark.parametrize("tokens", [1, 128, 1000])
 def test_mxint4_every_variant_forced(variant, tokens, record_error):
     out, ref = _routed(Case(2048, 768, 32, 8), tokens, False, gemm_variant=variant)
-    _compare(out[0], ref[0], record_error)
+    compare(out[0], ref[0], record_error)
 
 
 def test_mxint4_zero_and_one_token(record_error):
@@ -192,7 +179,7 @@ def test_mxint4_zero_and_one_token(record_error):
                                                  **_common(case))
     assert out[0].shape == (0, case.hidden)
     out, ref, keep = _from_logits(case, 1, record_error)
-    _compare(out[0], ref[0], record_error, keep)
+    compare(out[0], ref[0], record_error, keep)
 
 
 def _checkpoint(case: Case, g: torch.Generator):
@@ -224,7 +211,7 @@ def test_vllm_helper_matches_the_entry_point(record_error):
     ref = reference.reference_trtllm_mxint4_block_scale_moe(*args, **_common(case))
     keep = ~ambiguous_tokens(logits.float(), bias.to(torch.bfloat16), case.top_k, case.method, case.n_group,
                              case.topk_group)
-    _compare(out, ref[0], record_error, keep)
+    compare(out, ref[0], record_error, keep)
     assert vllm.is_flashinfer_mxint4_moe_available()
 
 
@@ -235,23 +222,13 @@ def test_mxint4_cuda_graph_replays_new_routing(record_error):
     hidden = torch.randn(t, case.hidden, device="cuda").to(torch.bfloat16)
     logits = _logits(case, t)
     out = torch.empty(t, case.hidden, dtype=torch.bfloat16, device="cuda")
-    args = lambda: (logits, None, hidden, g1, g1s, None, None, None, g2, g2s)  # noqa: E731
-    run = lambda: cute_moe.trtllm_mxint4_block_scale_moe(*args(), output=out, **_common(case))  # noqa: E731
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        run()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    for _ in range(2):
+    args = (logits, None, hidden, g1, g1s, None, None, None, g2, g2s)
+
+    def refresh():
         logits.copy_(_logits(case, t))
         hidden.copy_(torch.randn(t, case.hidden, device="cuda").to(torch.bfloat16))
-        graph.replay()
-        torch.cuda.synchronize()
-        replayed = out.clone()
-        eager = cute_moe.trtllm_mxint4_block_scale_moe(*args(), **_common(case))[0]
-        assert torch.equal(replayed, eager), "graph replay differs from the eager call"
-        _compare(replayed, reference.reference_trtllm_mxint4_block_scale_moe(*args(), **_common(case))[0],
-                 record_error)
+
+    check_graph_replay(
+        lambda: cute_moe.trtllm_mxint4_block_scale_moe(*args, output=out, **_common(case)), out, refresh,
+        lambda: cute_moe.trtllm_mxint4_block_scale_moe(*args, **_common(case))[0],
+        lambda: reference.reference_trtllm_mxint4_block_scale_moe(*args, **_common(case))[0], record_error)
