@@ -75,24 +75,14 @@ def _build(key: Tuple):
     return build
 
 
-def _check_weights(weights: torch.Tensor, scale: Optional[torch.Tensor], prefix: str, local: int, k: int, m: int,
+def _check_weights(weights: torch.Tensor, scale: Optional[torch.Tensor], name: str, local: int, k: int, m: int,
                    device: torch.device) -> str:
-    """bf16 ``[L, K/64, M, 64]`` when ``scale`` is None, else MXINT4 uint8 ``[L, K/256, M, 128]`` with
-    bf16 scales ``[L, M*K/32]``; returns the weight kind."""
-    name = f"{prefix}_weights"
-    if scale is None:
-        validate.check_tensor(weights, name, dtypes=(torch.bfloat16,), device=device)
-        validate.check_shape(weights, name, (local, k // 64, m, 64), "[L, K/64, M, 64]")
-        validate.check_aligned(weights, name)
-        return "bf16"
-    validate.check_tensor(weights, name, dtypes=(torch.uint8,), device=device)
-    validate.check_shape(weights, name, (local, k // 256, m, 128), "[L, K/256, M, 128] (MXINT4)")
-    validate.check_aligned(weights, name)
-    validate.check_tensor(scale, f"{name}_scale", dtypes=(torch.bfloat16,), device=device)
-    validate.check_shape(scale, f"{name}_scale", (local, m * k // 32), "[L, M*K/32]")
-    if k % 256 or m % 128:
+    """The prepared operand (validate.validate_prepared_matrix); MXINT4 also needs whole 128-byte
+    K blocks and whole 128-row scale tiles. Returns the weight kind."""
+    kind = validate.validate_prepared_matrix(weights, scale, name, local_num_experts=local, k=k, m=m, device=device)
+    if kind == "mxint4" and (k % 256 or m % 128):
         raise ValueError(f"{name}: MXINT4 needs K % 256 == 0 and M % 128 == 0, got K = {k}, M = {m}")
-    return "mxint4"
+    return kind
 
 
 @lru_cache(maxsize=None)
@@ -157,7 +147,7 @@ def grouped_gemm_fc1(hidden_states: torch.Tensor, plan: MoePlan, gemm1_weights: 
     m = (2 if act.is_gated else 1) * inter
     if gemm1_weights_scale is not None and not act.is_gated:
         raise ValueError(f"activation_type: MXINT4 weights take Swiglu, got {act.name}")
-    kind = _check_weights(gemm1_weights, gemm1_weights_scale, "gemm1", local, h, m, device)
+    kind = _check_weights(gemm1_weights, gemm1_weights_scale, "gemm1_weights", local, h, m, device)
     if h % 64 or inter % 64:
         raise ValueError(f"hidden_size {h} and intermediate_size {inter} must be multiples of 64")
     validate.validate_gemm1_lora_delta(gemm1_lora_delta, num_tokens=t, top_k=top_k, intermediate_size=inter,
@@ -207,7 +197,7 @@ def grouped_gemm_fc2(act: torch.Tensor, plan: MoePlan, gemm2_weights: torch.Tens
         raise ValueError(f"act: expected {plan.shape.max_padded_rows} rows (the plan's), got {rows}")
     h = int(hidden_size)
     local = plan.shape.local_num_experts
-    kind = _check_weights(gemm2_weights, gemm2_weights_scale, "gemm2", local, inter, h, device)
+    kind = _check_weights(gemm2_weights, gemm2_weights_scale, "gemm2_weights", local, inter, h, device)
     if h % 64 or inter % 64:
         raise ValueError(f"hidden_size {h} and intermediate_size {inter} must be multiples of 64")
     out = _out(out, "out", rows, h, device)

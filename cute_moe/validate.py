@@ -411,57 +411,63 @@ def validate_bf16_layout_flags(use_shuffled_weight, weight_layout) -> None:
     _check_enum("weight_layout", weight_layout, WeightLayout, (WeightLayout.BlockMajorK,))
 
 
+def validate_prepared_matrix(weights, scale, name: str, *, local_num_experts: int, k: int, m: int,
+                             device: torch.device | None = None, k_name: str = "K", m_name: str = "M") -> str:
+    """One prepared GEMM operand, BlockMajorK with 128-byte K blocks: bf16
+    ``[L, K/64, M, 64]`` when ``scale`` is None, else MXINT4 uint8 ``[L, K/256, M, 128]`` with bf16
+    scales ``{name}_scale [L, M*K/32]``; contiguous, aligned, on ``device``. ``k_name`` /
+    ``m_name`` spell the sizes in messages. Returns the weight kind, "bf16" or "mxint4"."""
+    if scale is None:
+        _vector_tensor(weights, name, (torch.bfloat16,), device)
+        check_shape(weights, name, (local_num_experts, k // BF16_K_BLOCK, m, BF16_K_BLOCK),
+                    f"[L, {k_name}/{BF16_K_BLOCK}, {m_name}, {BF16_K_BLOCK}]")
+        return "bf16"
+    _vector_tensor(weights, name, (torch.uint8,), device)
+    check_shape(weights, name, (local_num_experts, k // MXINT4_K_BLOCK, m, BLOCK_K_BYTES),
+                f"[L, {k_name}/{MXINT4_K_BLOCK}, {m_name}, {BLOCK_K_BYTES}]")
+    _vector_tensor(scale, f"{name}_scale", (torch.bfloat16,), device)
+    check_shape(scale, f"{name}_scale", (local_num_experts, m * k // MXINT4_GROUP),
+                f"[L, {m_name}*{k_name}/{MXINT4_GROUP}]")
+    return "mxint4"
+
+
 def validate_bf16_weights(gemm1_weights, gemm2_weights, *, hidden_size: int, intermediate_size: int,
                           local_num_experts: int, activation_type=ActivationType.Swiglu,
                           device: torch.device | None = None,
-                          intermediate_multiple: int = INTERMEDIATE_MULTIPLE,
-                          k_block: int = BF16_K_BLOCK) -> None:
-    """``I % intermediate_multiple == 0``, ``H % k_block == 0``, ``I % k_block == 0``;
-    bf16 ``gemm1_weights [L, H/k_block, M, k_block]``, ``gemm2_weights [L, I/k_block, H, k_block]``
+                          intermediate_multiple: int = INTERMEDIATE_MULTIPLE) -> None:
+    """``I % intermediate_multiple == 0``, ``H % 64 == 0``, ``I % 64 == 0``;
+    bf16 ``gemm1_weights [L, H/64, M, 64]``, ``gemm2_weights [L, I/64, H, 64]``
     with ``M = 2I`` (gated) or ``I``; contiguous, aligned, on ``device``."""
     h = _check_int("hidden_size", hidden_size, minimum=1)
     i = _check_int("intermediate_size", intermediate_size, minimum=1)
     _check_multiple("intermediate_size", i, intermediate_multiple, "64-value K block")
-    _check_multiple("intermediate_size", i, k_block, f"FC2 K blocks of {k_block} bf16")
-    _check_multiple("hidden_size", h, k_block, f"FC1 K blocks of {k_block} bf16")
+    _check_multiple("intermediate_size", i, BF16_K_BLOCK, f"FC2 K blocks of {BF16_K_BLOCK} bf16")
+    _check_multiple("hidden_size", h, BF16_K_BLOCK, f"FC1 K blocks of {BF16_K_BLOCK} bf16")
     gated = _check_enum("activation_type", activation_type, ActivationType, SUPPORTED_ACTIVATIONS).is_gated
     m, m_name = (2 * i, "2I") if gated else (i, "I")
-    _vector_tensor(gemm1_weights, "gemm1_weights", (torch.bfloat16,), device)
-    check_shape(gemm1_weights, "gemm1_weights", (local_num_experts, h // k_block, m, k_block),
-                f"[L, H/{k_block}, {m_name}, {k_block}]")
-    _vector_tensor(gemm2_weights, "gemm2_weights", (torch.bfloat16,), device)
-    check_shape(gemm2_weights, "gemm2_weights", (local_num_experts, i // k_block, h, k_block),
-                f"[L, I/{k_block}, H, {k_block}]")
+    validate_prepared_matrix(gemm1_weights, None, "gemm1_weights", local_num_experts=local_num_experts, k=h, m=m,
+                             device=device, k_name="H", m_name=m_name)
+    validate_prepared_matrix(gemm2_weights, None, "gemm2_weights", local_num_experts=local_num_experts, k=i, m=h,
+                             device=device, k_name="I", m_name="H")
 
 
 def validate_mxint4_weights(gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, *,
                             hidden_size: int, intermediate_size: int, local_num_experts: int,
                             device: torch.device | None = None,
-                            intermediate_multiple: int = INTERMEDIATE_MULTIPLE,
-                            k_block: int = MXINT4_K_BLOCK) -> None:
-    """``H % k_block == 0``, ``I % k_block == 0`` (k_block int4 values = 128 bytes),
+                            intermediate_multiple: int = INTERMEDIATE_MULTIPLE) -> None:
+    """``H % 256 == 0``, ``I % 256 == 0`` (256 int4 values = one 128-byte K block),
     ``I % intermediate_multiple == 0``;
     uint8 ``gemm1_weights [L, H/256, 2I, 128]``, ``gemm2_weights [L, I/256, H, 128]``;
     bf16 ``gemm1_weights_scale [L, 2I*H/32]``, ``gemm2_weights_scale [L, H*I/32]``."""
     h = _check_int("hidden_size", hidden_size, minimum=1)
     i = _check_int("intermediate_size", intermediate_size, minimum=1)
     _check_multiple("intermediate_size", i, intermediate_multiple, "64-value K block")
-    _check_multiple("intermediate_size", i, k_block, f"FC2 K blocks of {k_block} int4")
-    _check_multiple("hidden_size", h, k_block, f"FC1 K blocks of {k_block} int4")
-    block_bytes = k_block // 2
-    g = MXINT4_GROUP
-    _vector_tensor(gemm1_weights, "gemm1_weights", (torch.uint8,), device)
-    check_shape(gemm1_weights, "gemm1_weights", (local_num_experts, h // k_block, 2 * i, block_bytes),
-                f"[L, H/{k_block}, 2I, {block_bytes}]")
-    _vector_tensor(gemm1_weights_scale, "gemm1_weights_scale", (torch.bfloat16,), device)
-    check_shape(gemm1_weights_scale, "gemm1_weights_scale", (local_num_experts, 2 * i * h // g),
-                f"[L, 2I*H/{g}]")
-    _vector_tensor(gemm2_weights, "gemm2_weights", (torch.uint8,), device)
-    check_shape(gemm2_weights, "gemm2_weights", (local_num_experts, i // k_block, h, block_bytes),
-                f"[L, I/{k_block}, H, {block_bytes}]")
-    _vector_tensor(gemm2_weights_scale, "gemm2_weights_scale", (torch.bfloat16,), device)
-    check_shape(gemm2_weights_scale, "gemm2_weights_scale", (local_num_experts, h * i // g),
-                f"[L, H*I/{g}]")
+    _check_multiple("intermediate_size", i, MXINT4_K_BLOCK, f"FC2 K blocks of {MXINT4_K_BLOCK} int4")
+    _check_multiple("hidden_size", h, MXINT4_K_BLOCK, f"FC1 K blocks of {MXINT4_K_BLOCK} int4")
+    validate_prepared_matrix(gemm1_weights, gemm1_weights_scale, "gemm1_weights", local_num_experts=local_num_experts,
+                             k=h, m=2 * i, device=device, k_name="H", m_name="2I")
+    validate_prepared_matrix(gemm2_weights, gemm2_weights_scale, "gemm2_weights", local_num_experts=local_num_experts,
+                             k=i, m=h, device=device, k_name="I", m_name="H")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,8 +507,7 @@ def validate_bf16_moe_args(*, hidden_states, gemm1_weights, gemm2_weights, num_e
                            activation_type=ActivationType.Swiglu, norm_topk_prob=True,
                            routing_replay_out=None, gemm1_alpha=None, gemm1_beta=None,
                            gemm1_clamp_limit=None, gemm1_lora_delta=None, output=None,
-                           require_cuda: bool = True, intermediate_multiple: int = INTERMEDIATE_MULTIPLE,
-                           k_block: int = BF16_K_BLOCK) -> RoutingInputMode:
+                           require_cuda: bool = True, intermediate_multiple: int = INTERMEDIATE_MULTIPLE) -> RoutingInputMode:
     """All arguments of ``trtllm_bf16_moe`` (``routing_logits`` given) or ``trtllm_bf16_routed_moe``
     (``topk_ids`` given: packed tensor or ``(ids, weights)`` pair). Returns the routing input mode."""
     t, h, device = validate_hidden_states(hidden_states, require_cuda=require_cuda)
@@ -518,7 +523,7 @@ def validate_bf16_moe_args(*, hidden_states, gemm1_weights, gemm2_weights, num_e
     validate_bf16_layout_flags(use_shuffled_weight, weight_layout)
     validate_bf16_weights(gemm1_weights, gemm2_weights, hidden_size=h, intermediate_size=intermediate_size,
                           local_num_experts=local_num_experts, activation_type=act, device=device,
-                          intermediate_multiple=intermediate_multiple, k_block=k_block)
+                          intermediate_multiple=intermediate_multiple)
     validate_gemm1_lora_delta(gemm1_lora_delta, num_tokens=t, top_k=top_k, intermediate_size=intermediate_size,
                               activation_type=act, device=device)
     validate_output(output, num_tokens=t, hidden_size=h, do_finalize=_check_bool("do_finalize", do_finalize),
@@ -533,8 +538,7 @@ def validate_mxint4_moe_args(*, hidden_states, gemm1_weights, gemm1_weights_scal
                              routed_scaling_factor=None, routing_method_type=0, do_finalize=True,
                              norm_topk_prob=True, routing_replay_out=None, gemm1_lora_delta=None,
                              output=None, require_cuda: bool = True,
-                             intermediate_multiple: int = INTERMEDIATE_MULTIPLE,
-                             k_block: int = MXINT4_K_BLOCK) -> RoutingInputMode:
+                             intermediate_multiple: int = INTERMEDIATE_MULTIPLE) -> RoutingInputMode:
     """All arguments of ``trtllm_mxint4_block_scale_moe`` (``routing_logits`` given) or
     ``trtllm_mxint4_block_scale_routed_moe`` (packed ``topk_ids`` given; no pair). The activation is
     always Swiglu. Returns the routing input mode."""
@@ -551,7 +555,7 @@ def validate_mxint4_moe_args(*, hidden_states, gemm1_weights, gemm1_weights_scal
     validate_mxint4_weights(gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale,
                             hidden_size=h, intermediate_size=intermediate_size,
                             local_num_experts=local_num_experts, device=device,
-                            intermediate_multiple=intermediate_multiple, k_block=k_block)
+                            intermediate_multiple=intermediate_multiple)
     validate_gemm1_lora_delta(gemm1_lora_delta, num_tokens=t, top_k=top_k, intermediate_size=intermediate_size,
                               activation_type=ActivationType.Swiglu, device=device)
     validate_output(output, num_tokens=t, hidden_size=h, do_finalize=_check_bool("do_finalize", do_finalize),
