@@ -15,7 +15,7 @@ _LAZY = {
     "trtllm_bf16_routed_moe": "cute_moe.moe",
     "trtllm_mxint4_block_scale_moe": "cute_moe.moe",
     "trtllm_mxint4_block_scale_routed_moe": "cute_moe.moe",
-    "warmup": "cute_moe.moe",
+    "warmup": "cute_moe.precompile",
     # standalone routing
     "route": "cute_moe.routing",
     # enums
@@ -36,6 +36,10 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def __getattr__(name):

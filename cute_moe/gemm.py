@@ -38,7 +38,7 @@ from .kernels import runtime
 from .kernels.gemm_config import INT4_SCALE_ALIGN, SCHEDULE_OF_VARIANT, GemmConfig, TileConfig
 from .plan import MoePlan
 
-__all__ = ["grouped_gemm_fc1", "grouped_gemm_fc2", "warmup", "fc1_kernel_key", "fc2_kernel_key"]
+__all__ = ["grouped_gemm_fc1", "grouped_gemm_fc2", "launch_gemm", "warmup", "fc1_kernel_key", "fc2_kernel_key"]
 
 
 WEIGHT_KINDS = ("bf16", "mxint4")
@@ -162,19 +162,16 @@ def grouped_gemm_fc1(hidden_states: torch.Tensor, plan: MoePlan, gemm1_weights: 
         return out
     key = fc1_kernel_key(tile, config.variant, act, gemm1_lora_delta is not None, gemm1_alpha is not None,
                          gemm1_beta is not None, gemm1_clamp_limit is not None, kind)
-    fn = runtime.KERNELS.get(key, runtime.arch_of_device(device), _build(key))
-    f32_stand_in = runtime.ptr(out, torch.float32, align=4)  # never read when absent
-
-    def opt(x):
-        return runtime.ptr(x, align=4) if x is not None else f32_stand_in
-
-    lora = runtime.ptr(gemm1_lora_delta) if gemm1_lora_delta is not None else runtime.ptr(hidden_states)
-    scale = runtime.ptr(gemm1_weights_scale, align=INT4_SCALE_ALIGN) if gemm1_weights_scale is not None \
-        else runtime.ptr(hidden_states)
-    fn(runtime.ptr(gemm1_weights), scale, runtime.ptr(hidden_states), runtime.ptr(plan.permuted_idx_to_expanded_idx),
-       runtime.ptr(plan.tile_info), runtime.ptr(plan.counters), runtime.ptr(out), lora, opt(gemm1_alpha),
-       opt(gemm1_beta), opt(gemm1_clamp_limit), m, h, inter, int(top_k), local, max_tiles,
-       _num_ctas(config, tile, device, max_tiles, m), int(config.pdl), runtime.current_stream())
+    p = runtime.ptr
+    stand_in = p(out, align=4)  # never read when absent
+    launch_gemm(key, runtime.arch_of_device(device), p(gemm1_weights),
+                p(gemm1_weights_scale, align=INT4_SCALE_ALIGN) if gemm1_weights_scale is not None else stand_in,
+                p(hidden_states), p(plan.permuted_idx_to_expanded_idx, align=4), p(plan.tile_info, align=4),
+                p(plan.counters, align=4), p(out),
+                p(gemm1_lora_delta) if gemm1_lora_delta is not None else stand_in,
+                *(p(x, align=4) if x is not None else stand_in for x in (gemm1_alpha, gemm1_beta, gemm1_clamp_limit)),
+                m, h, inter, int(top_k), local, max_tiles, _num_ctas(config, tile, device, max_tiles, m),
+                config.pdl, runtime.current_stream())
     return out
 
 
@@ -205,15 +202,30 @@ def grouped_gemm_fc2(act: torch.Tensor, plan: MoePlan, gemm2_weights: torch.Tens
     if max_tiles == 0:
         return out
     tile = config.fc2
-    key = fc2_kernel_key(tile, config.variant, kind)
-    fn = runtime.KERNELS.get(key, runtime.arch_of_device(device), _build(key))
-    stand_in = runtime.ptr(out, torch.float32, align=4)
-    scale = runtime.ptr(gemm2_weights_scale, align=INT4_SCALE_ALIGN) if gemm2_weights_scale is not None else runtime.ptr(act)
-    fn(runtime.ptr(gemm2_weights), scale, runtime.ptr(act), runtime.ptr(plan.permuted_idx_to_expanded_idx),
-       runtime.ptr(plan.tile_info), runtime.ptr(plan.counters), runtime.ptr(out), runtime.ptr(act), stand_in,
-       stand_in, stand_in, h, inter, h, plan.shape.top_k, local, max_tiles,
-       _num_ctas(config, tile, device, max_tiles, h), int(config.pdl), runtime.current_stream())
+    p = runtime.ptr
+    stand_in = p(act)  # never read
+    launch_gemm(fc2_kernel_key(tile, config.variant, kind), runtime.arch_of_device(device), p(gemm2_weights),
+                p(gemm2_weights_scale, align=INT4_SCALE_ALIGN) if gemm2_weights_scale is not None else stand_in,
+                p(act), p(plan.permuted_idx_to_expanded_idx, align=4), p(plan.tile_info, align=4),
+                p(plan.counters, align=4), p(out), stand_in, stand_in, stand_in, stand_in, h, inter, h,
+                plan.shape.top_k, local, max_tiles, _num_ctas(config, tile, device, max_tiles, h), config.pdl,
+                runtime.current_stream())
     return out
+
+
+def gemm_kernel(key: Tuple, arch: str):
+    """The launcher of a grouped GEMM key, compiled or loaded on first use."""
+    return runtime.KERNELS.get(key, arch, _build(key))
+
+
+def launch_gemm(key: Tuple, arch: str, weights: int, scale: int, x: int, p2e: int, tile_info: int, counters: int,
+                out: int, lora: int, alpha: int, beta: int, clamp: int, m: int, k: int, n_out: int, top_k: int,
+                local_num_experts: int, max_tiles: int, num_ctas: int, pdl: bool, stream: int) -> None:
+    """Launch the grouped GEMM of ``key`` (``fc1_kernel_key`` / ``fc2_kernel_key``) on addresses:
+    ``m`` weight rows, ``k`` the reduction, ``n_out`` the output row width (GroupedGemm.__call__);
+    operands a kernel does not read take any aligned address."""
+    gemm_kernel(key, arch)(weights, scale, x, p2e, tile_info, counters, out, lora, alpha, beta, clamp, m, k, n_out,
+                           top_k, local_num_experts, max_tiles, num_ctas, int(pdl), stream)
 
 
 def warmup(configs: Iterable[GemmConfig], activation_type=ActivationType.Swiglu, *, has_lora: bool = False,
@@ -232,6 +244,6 @@ def warmup(configs: Iterable[GemmConfig], activation_type=ActivationType.Swiglu,
             if key in seconds:
                 continue
             t0 = time.perf_counter()
-            runtime.KERNELS.get(key, arch, _build(key))
+            gemm_kernel(key, arch)
             seconds[key] = time.perf_counter() - t0
     return seconds

@@ -1,5 +1,6 @@
 """The fused MoE as a torch.library custom op, so torch.compile traces through it and CUDA graphs
-capture it.
+capture it. Eager calls (nothing tracing them) run the pipeline directly: the same work without
+the op's dispatch.
 
 ``cute_moe::fused_moe`` takes the flattened ``MoeCall`` (see cute_moe.pipeline). It writes the
 caller's ``output`` (do_finalize) and ``routing_replay_out`` in place and returns a fixed
@@ -76,9 +77,7 @@ def fused_moe(
     if do_finalize:  # [output (written in place), (perm, act with LoRA)]
         perm = result[1] if lora else empty((0,), dtype=torch.int32)
         return empty((0, hidden_states.shape[1]), dtype=torch.bfloat16), empty((0, top_k), dtype=torch.bfloat16), perm, act
-    gemm2_output, weights, perm = result[:3]
-    if weights is topk_weights:  # a custom op may not return its own input
-        weights = topk_weights.clone()
+    gemm2_output, weights, perm = result[:3]  # weights: never the caller's tensor (run_moe copies it)
     return gemm2_output, weights, perm, act
 
 
@@ -106,8 +105,17 @@ def _fused_moe_fake(routing_input_mode, hidden_states, weight_kind, gemm1, gemm1
     return new((rows, h), dtype=torch.bfloat16), new((t, top_k), dtype=weights_dtype), perm, act
 
 
+def _traced(call: MoeCall) -> bool:
+    """True while torch.compile / export / a tracing mode is looking at the call: only then does
+    the call need the custom op (eager calls skip its dispatch, tens of microseconds)."""
+    return (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
+            or type(call.hidden_states) is not torch.Tensor)
+
+
 def call_fused_moe(call: MoeCall) -> List[torch.Tensor]:
-    """Run ``call`` through the custom op and return FlashInfer's list."""
+    """Run ``call`` (through the custom op when traced) and return FlashInfer's list."""
+    if not _traced(call):
+        return run_moe(call)
     dev = call.hidden_states.device
     output = call.output
     if output is None:

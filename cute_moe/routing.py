@@ -13,7 +13,8 @@ buffers).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from dataclasses import astuple, dataclass
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -52,8 +53,6 @@ def route(routing_logits: torch.Tensor, routing_bias: Optional[torch.Tensor], to
     SigmoidRenorm only. ``routing_replay_out`` (int16 ``[>= T, top_k]``) receives the ids in its
     first T rows.
     """
-    from .kernels.routing import RouteTopk, route_example_args
-
     if not isinstance(routing_logits, torch.Tensor) or routing_logits.dim() != 2:
         validate.check_tensor(routing_logits, "routing_logits", dtypes=(torch.float32, torch.bfloat16), ndim=2)
     num_tokens, num_experts = routing_logits.shape
@@ -68,28 +67,60 @@ def route(routing_logits: torch.Tensor, routing_bias: Optional[torch.Tensor], to
     if num_tokens == 0:
         return topk_ids, topk_weights
 
-    grouped = method == RoutingMethodType.DeepSeekV3 and (n_group or 0) > 1
-    ng, tg = (int(n_group), int(topk_group)) if grouped else (0, 0)
-    use_bias = routing_bias is not None and method in _METHODS_WITH_BIAS
-    bias_dtype = ("f32" if routing_bias.dtype == torch.float32 else "bf16") if use_bias else None
-    logits_f32 = routing_logits.dtype == torch.float32
-    norm = bool(norm_topk_prob) if method == RoutingMethodType.SigmoidRenorm else True
-    replay = routing_replay_out is not None
-
-    key = ("route", int(method), num_experts, top_k, logits_f32, bias_dtype, ng, tg, norm, replay)
-    arch = runtime.arch_of_device(device)
-    fn = runtime.KERNELS.get(key, arch, lambda: (
-        RouteTopk(method, num_experts, top_k, logits_f32, bias_dtype, ng, tg, norm, replay),
-        route_example_args(logits_f32, bias_dtype)))
+    spec = RouteSpec.of(method, num_experts, top_k, routing_logits.dtype,
+                        None if routing_bias is None else routing_bias.dtype, n_group, topk_group,
+                        norm_topk_prob, routing_replay_out is not None)
+    p = runtime.ptr
     itemsize = routing_logits.element_size()
-    bias_ptr = (runtime.ptr(routing_bias, align=routing_bias.element_size()) if use_bias
-                else runtime.ptr(topk_ids, torch.float32, align=4))
-    replay_ptr = (runtime.ptr(routing_replay_out, align=2) if replay
-                  else runtime.ptr(topk_ids, torch.int16, align=2))
-    scale = 1.0 if routed_scaling_factor is None else float(routed_scaling_factor)
-    fn(runtime.ptr(routing_logits, align=itemsize), bias_ptr, runtime.ptr(topk_ids, align=4),
-       runtime.ptr(topk_weights, align=2), replay_ptr, num_tokens, scale, runtime.current_stream())
+    bias_ptr = p(routing_bias, align=routing_bias.element_size()) if spec.bias_dtype else p(topk_ids, align=4)
+    replay_ptr = p(routing_replay_out, align=2) if spec.replay else p(topk_ids, align=2)
+    spec.launch(runtime.arch_of_device(device), p(routing_logits, align=itemsize), bias_ptr, p(topk_ids, align=4),
+                p(topk_weights, align=2), replay_ptr, num_tokens,
+                1.0 if routed_scaling_factor is None else float(routed_scaling_factor), runtime.current_stream())
     return topk_ids, topk_weights
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """The compile-time choices of one routing kernel (its cache key), from validated arguments."""
+
+    method: int
+    num_experts: int
+    top_k: int
+    logits_f32: bool
+    bias_dtype: Optional[str]  # "f32" / "bf16" when the method reads a bias, else None
+    n_group: int
+    topk_group: int
+    norm: bool
+    replay: bool
+
+    @classmethod
+    def of(cls, method, num_experts, top_k, logits_dtype: torch.dtype, bias_dtype: Optional[torch.dtype],
+           n_group, topk_group, norm_topk_prob, replay: bool) -> "RouteSpec":
+        """From validated arguments: the logits' dtype and the bias's (None without a bias)."""
+        method = RoutingMethodType(int(method))
+        grouped = method == RoutingMethodType.DeepSeekV3 and (n_group or 0) > 1
+        ng, tg = (int(n_group), int(topk_group)) if grouped else (0, 0)
+        use_bias = bias_dtype is not None and method in _METHODS_WITH_BIAS
+        bias = ("f32" if bias_dtype == torch.float32 else "bf16") if use_bias else None
+        norm = bool(norm_topk_prob) if method == RoutingMethodType.SigmoidRenorm else True
+        return cls(int(method), int(num_experts), int(top_k), logits_dtype == torch.float32, bias, ng, tg, norm,
+                   bool(replay))
+
+    def kernel(self, arch: str):
+        """The launcher, compiled or loaded on first use."""
+        from .kernels.routing import RouteTopk, route_example_args
+
+        return runtime.KERNELS.get(("route",) + astuple(self), arch, lambda: (
+            RouteTopk(RoutingMethodType(self.method), self.num_experts, self.top_k, self.logits_f32,
+                      self.bias_dtype, self.n_group, self.topk_group, self.norm, self.replay),
+            route_example_args(self.logits_f32, self.bias_dtype)))
+
+    def launch(self, arch: str, logits: int, bias: int, ids: int, weights: int, replay: int, num_tokens: int,
+               scale: float, stream: int) -> None:
+        """Launch on ``num_tokens > 0`` rows; pointers are addresses (``bias`` / ``replay``: any
+        aligned address when unused)."""
+        self.kernel(arch)(logits, bias, ids, weights, replay, num_tokens, scale, stream)
 
 
 # --------------------------------------------------------------------------- plan
@@ -147,8 +178,6 @@ def build_plan(topk_ids: torch.Tensor, top_k: int, local_expert_offset: int, loc
     ``launch``: "auto" (one CTA up to ``SINGLE_CTA_MAX_PAIRS`` pairs, chunked above), or force
     "single_cta" / "chunked"; all give the same plan.
     """
-    from .kernels import plan as kplan
-
     if launch not in ("auto", "single_cta", "chunked"):
         raise ValueError(f"launch: expected 'auto', 'single_cta' or 'chunked', got {launch!r}")
     shape = _check_plan_args(topk_ids, top_k, local_expert_offset, local_num_experts, tile_rows)
@@ -158,39 +187,82 @@ def build_plan(topk_ids: torch.Tensor, top_k: int, local_expert_offset: int, loc
     else:
         _check_plan_buffers(plan, shape, device)
 
-    n = shape.num_pairs
-    num_local = shape.local_num_experts
-    max_rows = max(shape.max_padded_rows, 1)
-    max_tiles = max(shape.max_tiles, 1)
-    single = n <= kplan.SINGLE_CTA_MAX_PAIRS if launch == "auto" else launch == "single_cta"
-    arch = runtime.arch_of_device(device)
-    stream = runtime.current_stream()
+    workspace = torch.empty(max(plan_workspace_ints(shape, launch), 1), dtype=torch.int32, device=device)
     p = runtime.ptr
-    ids = p(topk_ids, align=4)
-    counts, offsets = p(plan.expert_counts, align=4), p(plan.expert_offsets, align=4)
-    e2p, p2e = p(plan.expanded_idx_to_permuted_idx, align=4), p(plan.permuted_idx_to_expanded_idx, align=4)
-    tiles, counters = p(plan.tile_info, align=4), p(plan.counters, align=4)
-    off, tr = int(local_expert_offset), int(tile_rows)
+    launch_plan(runtime.arch_of_device(device), shape, int(local_expert_offset), p(topk_ids, align=4),
+                PlanPointers.of(plan), p(workspace, align=4), runtime.current_stream(), launch)
+    return plan
 
-    if single or n == 0:
-        fn = runtime.KERNELS.get(("plan_single_cta",), arch,
-                                 lambda: (kplan.PlanSingleCta(), kplan.single_cta_example_args()))
-        fn(ids, counts, offsets, e2p, p2e, tiles, counters, n, off, num_local, tr, max_rows, max_tiles, stream)
-        return plan
 
+@dataclass(frozen=True)
+class PlanPointers:
+    """Addresses of a plan's buffers (int32, sized as ``MoePlan.empty`` allocates them)."""
+
+    counts: int
+    offsets: int
+    e2p: int
+    p2e: int
+    tiles: int
+    counters: int
+
+    @classmethod
+    def of(cls, plan: MoePlan) -> "PlanPointers":
+        p = runtime.ptr
+        return cls(p(plan.expert_counts, align=4), p(plan.expert_offsets, align=4),
+                   p(plan.expanded_idx_to_permuted_idx, align=4), p(plan.permuted_idx_to_expanded_idx, align=4),
+                   p(plan.tile_info, align=4), p(plan.counters, align=4))
+
+
+def _single_cta(shape: PlanShape, launch: str) -> bool:
+    from .kernels import plan as kplan
+
+    n = shape.num_pairs
+    return n == 0 or (n <= kplan.SINGLE_CTA_MAX_PAIRS if launch == "auto" else launch == "single_cta")
+
+
+def plan_workspace_ints(shape: PlanShape, launch: str = "auto") -> int:
+    """int32 scratch the chunked plan needs (0 for the single-CTA plan)."""
+    from .kernels import plan as kplan
+
+    if _single_cta(shape, launch):
+        return 0
+    n = shape.num_pairs
+    return -(-n // kplan.chunk_pairs_for(n)) * shape.local_num_experts
+
+
+def plan_kernels(arch: str, single_cta: bool) -> List:
+    """The plan's launchers: ``[single]`` or ``[count, scan, scatter]``."""
+    from .kernels import plan as kplan
+
+    if single_cta:
+        return [runtime.KERNELS.get(("plan_single_cta",), arch,
+                                    lambda: (kplan.PlanSingleCta(), kplan.single_cta_example_args()))]
+    return [runtime.KERNELS.get(("plan_count",), arch, lambda: (kplan.PlanCountChunks(), kplan.count_example_args())),
+            runtime.KERNELS.get(("plan_scan",), arch, lambda: (kplan.PlanScan(), kplan.scan_example_args())),
+            runtime.KERNELS.get(("plan_scatter",), arch,
+                                lambda: (kplan.PlanScatterChunks(), kplan.scatter_example_args()))]
+
+
+def launch_plan(arch: str, shape: PlanShape, local_expert_offset: int, topk_ids: int, plan: PlanPointers,
+                workspace: int, stream: int, launch: str = "auto") -> None:
+    """Launch the plan kernels of ``shape`` (``workspace``: ``plan_workspace_ints`` int32)."""
+    from .kernels import plan as kplan
+
+    n, num_local, tr = shape.num_pairs, shape.local_num_experts, shape.tile_rows
+    max_rows, max_tiles = max(shape.max_padded_rows, 1), max(shape.max_tiles, 1)
+    if _single_cta(shape, launch):
+        (fn,) = plan_kernels(arch, True)
+        fn(topk_ids, plan.counts, plan.offsets, plan.e2p, plan.p2e, plan.tiles, plan.counters, n,
+           local_expert_offset, num_local, tr, max_rows, max_tiles, stream)
+        return
     chunk = kplan.chunk_pairs_for(n)
     num_chunks = (n + chunk - 1) // chunk
-    workspace = torch.empty(num_chunks * num_local, dtype=torch.int32, device=device)
-    ws = p(workspace, align=4)
-    count_fn = runtime.KERNELS.get(("plan_count",), arch,
-                                   lambda: (kplan.PlanCountChunks(), kplan.count_example_args()))
-    scan_fn = runtime.KERNELS.get(("plan_scan",), arch, lambda: (kplan.PlanScan(), kplan.scan_example_args()))
-    scatter_fn = runtime.KERNELS.get(("plan_scatter",), arch,
-                                     lambda: (kplan.PlanScatterChunks(), kplan.scatter_example_args()))
-    count_fn(ids, ws, n, off, num_local, num_chunks, chunk, stream)
-    scan_fn(ws, counts, offsets, p2e, tiles, counters, num_local, tr, max_rows, max_tiles, num_chunks, stream)
-    scatter_fn(ids, ws, offsets, e2p, p2e, n, off, num_local, max_rows, num_chunks, chunk, stream)
-    return plan
+    count_fn, scan_fn, scatter_fn = plan_kernels(arch, False)
+    count_fn(topk_ids, workspace, n, local_expert_offset, num_local, num_chunks, chunk, stream)
+    scan_fn(workspace, plan.counts, plan.offsets, plan.p2e, plan.tiles, plan.counters, num_local, tr, max_rows,
+            max_tiles, num_chunks, stream)
+    scatter_fn(topk_ids, workspace, plan.offsets, plan.e2p, plan.p2e, n, local_expert_offset, num_local, max_rows,
+               num_chunks, chunk, stream)
 
 
 # --------------------------------------------------------------------------- combine
@@ -206,8 +278,6 @@ def combine(gemm2_output: torch.Tensor, topk_weights: torch.Tensor, expanded_idx
     rounding; tokens with no local slot get 0. ``out`` (bf16 ``[T, H]``) is written in place when
     given. Deterministic: bitwise identical run to run.
     """
-    from .kernels.combine import CombineRows, combine_example_args
-
     validate.check_tensor(gemm2_output, "gemm2_output", dtypes=(torch.bfloat16,), ndim=2)
     validate.check_tensor(topk_weights, "topk_weights", dtypes=(torch.bfloat16, torch.float32), ndim=2)
     validate.check_tensor(expanded_idx_to_permuted_idx, "expanded_idx_to_permuted_idx", dtypes=(torch.int32,))
@@ -232,12 +302,23 @@ def combine(gemm2_output: torch.Tensor, topk_weights: torch.Tensor, expanded_idx
     if num_tokens == 0 or hidden == 0:
         return out
 
-    f32 = topk_weights.dtype == torch.float32
-    arch = runtime.arch_of_device(device)
-    fn = runtime.KERNELS.get(("combine", top_k, f32), arch,
-                             lambda: (CombineRows(top_k, f32), combine_example_args(f32)))
     rows = gemm2_output if num_rows else out  # any valid 16-byte aligned address; never read
-    fn(runtime.ptr(rows, align=16), runtime.ptr(topk_weights, align=topk_weights.element_size()),
-       runtime.ptr(expanded_idx_to_permuted_idx, align=4), runtime.ptr(out, align=16), num_tokens,
-       max(num_rows, 1), hidden // 8, runtime.current_stream())
+    launch_combine(runtime.arch_of_device(device), top_k, topk_weights.dtype == torch.float32,
+                   runtime.ptr(rows, align=16), runtime.ptr(topk_weights, align=topk_weights.element_size()),
+                   runtime.ptr(expanded_idx_to_permuted_idx, align=4), runtime.ptr(out, align=16), num_tokens,
+                   num_rows, hidden, runtime.current_stream())
     return out
+
+
+def combine_kernel(arch: str, top_k: int, weights_f32: bool):
+    from .kernels.combine import CombineRows, combine_example_args
+
+    return runtime.KERNELS.get(("combine", top_k, weights_f32), arch,
+                               lambda: (CombineRows(top_k, weights_f32), combine_example_args(weights_f32)))
+
+
+def launch_combine(arch: str, top_k: int, weights_f32: bool, rows: int, weights: int, perm: int, out: int,
+                   num_tokens: int, num_rows: int, hidden: int, stream: int) -> None:
+    """Launch the combine of ``num_tokens > 0`` tokens of ``hidden % 8 == 0`` columns."""
+    combine_kernel(arch, top_k, weights_f32)(rows, weights, perm, out, num_tokens, max(num_rows, 1), hidden // 8,
+                                             stream)

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's worth of checks, under $OUT (default ./out): logs, JSON lines, plots.
-#   bash tools/device_check.sh [tests|bench|bench-mxint4|all] [pytest -k expression]
+#   bash tools/device_check.sh [tests|bench|bench-mxint4|eager|first-call|sanitize|all] [pytest -k expression]
 # tests: every GPU test (errors vs the float reference recorded in errors.jsonl);
-# bench: the bf16 presets; bench-mxint4: MXINT4 next to bf16 on the same shapes.
+# bench: the bf16 presets; bench-mxint4: MXINT4 next to bf16 on the same shapes;
+# eager: host and wall time of eager calls next to graph replay; first-call: a fresh process's
+# first call with a cold, then a warm kernel cache; sanitize: compute-sanitizer memcheck and
+# racecheck on small calls of every kernel family (tools/sanitize_cases.py).
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 what=${1:-all}; filter=${2:-}
@@ -27,4 +30,24 @@ if [[ $what == bench-mxint4 || $what == all ]]; then
       --out "$OUT/bench_mxint4_$name.jsonl" --plot "$OUT/bench_mxint4_$name.png" | tee -a "$OUT/bench.txt"
   done
   tr '\r' '\n' <"$OUT/bench_err.txt" | grep -v "point/s\|s/point" | tail -8
+fi
+if [[ $what == eager || $what == all ]]; then
+  timeout 300 python3 -m cute_moe.cli.bench --preset qwen3-30b-a3b --preset qwen3-235b-a22b --tokens 1,64,4096 \
+    --impl cute_bf16 --impl cute_bf16_routed --eager --sets 2 --reps 20 --out "$OUT/eager.jsonl" \
+    2>>"$OUT/bench_err.txt" | tee "$OUT/eager.txt"
+fi
+if [[ $what == first-call || $what == all ]]; then
+  cache=$(mktemp -d)
+  for run in cold warm; do
+    echo -n "$run cache: "; CUTE_MOE_CACHE_DIR=$cache timeout 120 python3 tools/first_call.py
+  done | tee "$OUT/first_call.txt"
+fi
+if [[ $what == sanitize || $what == all ]]; then
+  # cuda-python probes driver entry points with cuGetProcAddress at import: those reports are not ours
+  for tool in memcheck racecheck; do
+    timeout 280 compute-sanitizer --tool $tool --print-limit 50 python3 tools/sanitize_cases.py >"$OUT/sanitize_$tool.txt" 2>&1
+    echo "$tool: exit $?, $(grep -c '^ok ' "$OUT/sanitize_$tool.txt") cases;" \
+      "$(grep -E '^========= (Invalid|Program hit|Race|Error|WARNING|.*[Hh]azard)' "$OUT/sanitize_$tool.txt" | grep -vc cuGetProcAddress) reports" \
+      "besides cuGetProcAddress; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize_$tool.txt" | tail -1)"
+  done | tee "$OUT/sanitize.txt"
 fi

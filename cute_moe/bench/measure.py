@@ -8,6 +8,7 @@ once per set, so weights and activations that would otherwise stay in L2 are rot
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -69,3 +70,24 @@ def time_eager(calls: Sequence[Callable[[], None]], reps: int = 20, warmup: int 
             call()
 
     return _median_ms(run_all, reps=reps, warmup=warmup) * 1e3 / len(calls)
+
+
+def time_host(calls: Sequence[Callable[[], None]], reps: int = 40, warmup: int = 3):
+    """Eager calls: ``(host_us, wall_us)`` per call. ``host_us`` is the median host time one call
+    takes to return (validation, allocation, launches; the GPU runs behind, and few enough calls
+    are queued that launches never block); ``wall_us`` is the time per call of back-to-back eager
+    calls, synchronized at the end: the larger of host and GPU time."""
+    for _ in range(warmup):
+        for call in calls:
+            call()
+    torch.cuda.synchronize()
+    host = []
+    start = time.perf_counter()
+    for i in range(reps):
+        call = calls[i % len(calls)]
+        t0 = time.perf_counter()
+        call()
+        host.append(time.perf_counter() - t0)
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - start) / reps
+    return statistics.median(host) * 1e6, wall * 1e6

@@ -44,6 +44,9 @@ def _parse_args(argv):
     p.add_argument("--plot", type=Path, help="write a PNG: floor ratio and time vs tokens per implementation")
     p.add_argument("--stages", action="store_true",
                    help="also time each stage of the bf16 pipeline alone (route, plan, FC1, FC2, combine)")
+    p.add_argument("--eager", action="store_true",
+                   help="also time eager calls of the cute_moe paths: host time per call and wall time, next to "
+                        "graph replay")
     p.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"), help="compare two JSON-lines runs")
     return p.parse_args(argv)
 
@@ -126,6 +129,11 @@ def run(args) -> List[Dict[str, object]]:
                     error = None
                 except Exception as exc:  # noqa: BLE001 - one failing point must not end the sweep
                     us, error = float("nan"), f"{type(exc).__name__}: {exc}"
+                if args.eager and name.startswith("cute_") and error is None:
+                    host_us, wall_us = measure.time_host(calls)
+                    row_eager = {"eager_host_us": host_us, "eager_wall_us": wall_us}
+                else:
+                    row_eager = {}
                 fl = [floors_for(shape, s.topk_ids, t, ceilings) for s in sets]
                 byte_us = sum(f.byte_floor_us for f in fl) / len(fl)
                 flop_us = sum(f.flop_floor_us for f in fl) / len(fl)
@@ -133,7 +141,8 @@ def run(args) -> List[Dict[str, object]]:
                        "bf16_TFLOPs": ceilings.bf16_flops_per_s / 1e12, "preset": shape.name,
                        "weight_format": shape.weight_format, "impl": name, "tokens": t, "time_us": us,
                        "byte_floor_us": byte_us, "flop_floor_us": flop_us,
-                       "byte_floor_ratio": byte_us / us, "flop_floor_ratio": flop_us / us, "error": error}
+                       "byte_floor_ratio": byte_us / us, "flop_floor_ratio": flop_us / us, "error": error,
+                       **row_eager}
                 rows.append(row)
                 sink.write(json.dumps(row) + "\n")
                 sink.flush()
@@ -164,14 +173,21 @@ def format_table(rows: List[Dict[str, object]]) -> str:
 
     head = (f"{'preset':<22}{'tokens':>7}  {'impl':<26}{'time us':>10}{'byte fl':>9}{'flop fl':>9}"
             f"{'vs torch':>9}{'vs bf16':>9}")
+    eager = any("eager_host_us" in r for r in rows)
+    if eager:
+        head += f"{'eager host':>12}{'eager wall':>12}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['preset']:<22}{r['tokens']:>7}  {r['impl']:<26}{r['time_us']:>10.1f}"
-                     f"{r['byte_floor_ratio']:>9.2f}{r['flop_floor_ratio']:>9.2f}{ratio(peer, r):>9}"
-                     f"{ratio(bf16, r):>9}" + (f"  ERROR {r['error']}" if r.get("error") else ""))
+        line = (f"{r['preset']:<22}{r['tokens']:>7}  {r['impl']:<26}{r['time_us']:>10.1f}"
+                f"{r['byte_floor_ratio']:>9.2f}{r['flop_floor_ratio']:>9.2f}{ratio(peer, r):>9}{ratio(bf16, r):>9}")
+        if eager:
+            line += (f"{r['eager_host_us']:>12.1f}{r['eager_wall_us']:>12.1f}" if "eager_host_us" in r
+                     else f"{'-':>12}{'-':>12}")
+        lines.append(line + (f"  ERROR {r['error']}" if r.get("error") else ""))
     lines.append("byte fl / flop fl: floor time / measured time (1.00 = at the floor; the byte floor counts the "
                  "preset's weight format); vs torch / vs bf16: speed-up over the torch._grouped_mm pipeline / "
-                 "the cute_moe bf16 path")
+                 "the cute_moe bf16 path" + ("; eager host / wall: us of host time for one eager call to return, "
+                                             "and per call of back-to-back eager calls" if eager else ""))
     return "\n".join(lines)
 
 

@@ -2,21 +2,32 @@
 
 Every kernel module exposes a ``@cute.jit`` host function whose arguments are raw
 pointers (``cute.Pointer``), ``Int32`` sizes and a CUDA stream; tensors are built
-inside the jit function from those pointers. That keeps launches cheap (no DLPack
-per call), lets one compiled kernel serve every token count (sizes are runtime
-values), and lets the same code be compiled on a CPU-only machine for any target
+inside the jit function from those pointers. One compiled kernel serves every token count
+(sizes are runtime values), and the same code compiles on a CPU-only machine for any target
 architecture (``compile_ptx``), which is how CI checks sm_90a, sm_100a and sm_120a.
 
-Compiled kernels are cached per (kernel key, arch); the key holds only
-compile-time parameters (shape class, dtypes, variant), never token counts.
+Kernels are compiled for the TVM-FFI calling convention (``--enable-tvm-ffi``) and launched
+through the ``tvm_ffi.Function`` of their exported object file: a pointer is a plain ``int``
+(``ptr`` checks its alignment), a size an ``int``, the stream the raw ``cudaStream_t``; a launch
+costs a few microseconds of host time instead of the DSL's generic argument conversion.
+
+``KERNELS`` holds compiled kernels per (kernel key, arch); the key holds only compile-time
+parameters (shape class, dtypes, variant), never token counts. Behind it sits the on-disk cache
+(cute_moe.kernels.disk_cache): a kernel compiled once on a machine, or ahead of time on a CPU
+for the target arch, is loaded in well under a second by every later process.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Hashable, Optional, Tuple
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
 
 import torch
 
@@ -33,13 +44,19 @@ _ARCH_BY_CAPABILITY = {
 
 
 def arch_of_device(device: Optional[torch.device] = None) -> str:
-    """The DSL target for a CUDA device; ValueError for GPUs the kernels do not support."""
+    """The DSL target for a CUDA device; RuntimeError for GPUs the kernels do not support."""
     if not torch.cuda.is_available():
         raise RuntimeError(
             "cute_moe kernels need an NVIDIA GPU of SM90 (Hopper), SM100 or SM120 (Blackwell); "
             "no CUDA device is visible"
         )
-    cap = torch.cuda.get_device_capability(device)
+    index = device.index if isinstance(device, torch.device) else device
+    return _arch_of_index(torch.cuda.current_device() if index is None else int(index))
+
+
+@lru_cache(maxsize=None)
+def _arch_of_index(index: int) -> str:
+    cap = torch.cuda.get_device_capability(index)
     arch = _ARCH_BY_CAPABILITY.get(cap)
     if arch is None:
         raise RuntimeError(
@@ -83,34 +100,34 @@ def cutlass_dtype(dtype: torch.dtype):
         raise TypeError(f"no CuTe DSL element type for torch dtype {dtype}") from None
 
 
-def ptr(t: torch.Tensor, dtype: Optional[torch.dtype] = None, align: int = 16):
-    """A global-memory ``cute.Pointer`` to ``t``'s data (``dtype`` reinterprets the bytes)."""
-    cutlass, cute = _dsl()
-    from cutlass.cute.runtime import make_ptr
-
-    if align > 1 and t.data_ptr() % align:
+def ptr(t: torch.Tensor, align: int = 16) -> int:
+    """The address of ``t``'s data for a kernel's ``cute.Pointer`` argument, checked to meet the
+    ``align`` bytes its compiled kernel assumes."""
+    address = t.data_ptr()
+    if address % align:
         raise ValueError(f"tensor data pointer is not {align}-byte aligned")
-    return make_ptr(cutlass_dtype(dtype or t.dtype), t.data_ptr(), cute.AddressSpace.gmem, assumed_align=align)
+    return address
 
 
 def fake_ptr(dtype: torch.dtype, align: int = 16):
-    """A pointer that is never dereferenced: stands in for a tensor when compiling on a CPU."""
+    """A pointer that is never dereferenced: the element type and alignment a kernel is compiled
+    for (the launch passes a plain address)."""
     cutlass, cute = _dsl()
     from cutlass.cute.runtime import make_ptr
 
     return make_ptr(cutlass_dtype(dtype), 1 << 20, cute.AddressSpace.gmem, assumed_align=align)
 
 
-def current_stream():
-    import cuda.bindings.driver as cuda
-
-    return cuda.CUstream(torch.cuda.current_stream().cuda_stream)
+def current_stream(device: Optional[torch.device] = None) -> int:
+    """The raw ``cudaStream_t`` of the current torch stream (captured graphs included)."""
+    return torch.cuda.current_stream(device).cuda_stream
 
 
 def fake_stream():
+    """The stream argument at compile time: an explicit ``cudaStream_t`` at launch."""
     from cutlass.cute.runtime import make_fake_stream
 
-    return make_fake_stream()
+    return make_fake_stream(use_tvm_ffi_env_stream=False)
 
 
 # --------------------------------------------------------------------------- compiling
@@ -133,7 +150,7 @@ def _dump_dir() -> str:
 
 
 def _options(arch: str, keep_ptx: bool) -> str:
-    opts = f"--gpu-arch {arch}"
+    opts = f"--gpu-arch {arch} --enable-tvm-ffi"
     if keep_ptx:
         opts += f" --keep-ptx --dump-dir {_dump_dir()}"
     return opts
@@ -156,43 +173,110 @@ def compile_ptx(jit_fn: Callable, args: Tuple[Any, ...], arch: str) -> str:
     return ptx
 
 
+# --------------------------------------------------------------------------- object files
+
+_SYMBOL = "cute_moe_kernel"  # one kernel per object file, each loaded into its own engine
+
+
+def export_object(compiled) -> bytes:
+    """The object file (host launcher + cubin) of a ``compile_jit`` result."""
+    with tempfile.TemporaryDirectory(prefix="cute_moe_obj_") as folder:
+        path = os.path.join(folder, "kernel.o")
+        compiled.export_to_c(path, _SYMBOL)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def load_object(path: Path):
+    """The launcher (``tvm_ffi.Function``) of an exported object file; raises if it is unusable."""
+    from cutlass.runtime import load_module
+
+    return load_module(str(path), enable_tvm_ffi=True)[_SYMBOL]
+
+
+# --------------------------------------------------------------------------- the kernel cache
+
+
 @dataclass
 class CompileRecord:
     key: Hashable
     arch: str
     seconds: float
+    source: str  # "compiled" or "disk"
 
 
 @dataclass
 class KernelCache:
-    """Compiled kernels per (key, arch). Thread-safe; compile time of each entry recorded."""
+    """Launchers per (key, arch), in memory and (unless turned off) on disk.
 
-    _compiled: Dict[Tuple[Hashable, str], Any] = field(default_factory=dict)
-    records: list = field(default_factory=list)
+    ``get`` returns the launcher of a kernel, from memory, else from the disk cache, else by
+    compiling it (and storing it on disk). ``records`` says what each first ``get`` of a slot
+    did and how long it took. Thread-safe."""
+
+    _launchers: Dict[Tuple[Hashable, str], Any] = field(default_factory=dict)
+    records: List[CompileRecord] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _disk_warned: bool = False
 
     def get(self, key: Hashable, arch: str, build: Callable[[], Tuple[Callable, Tuple[Any, ...]]]):
-        """Return the compiled kernel for (key, arch); ``build()`` gives (jit_fn, example_args)."""
+        """The launcher of (key, arch); ``build()`` gives (jit_fn, example_args) to compile it."""
         slot = (key, arch)
-        hit = self._compiled.get(slot)
+        hit = self._launchers.get(slot)
         if hit is not None:
             return hit
         with self._lock:
-            hit = self._compiled.get(slot)
+            hit = self._launchers.get(slot)
             if hit is None:
-                jit_fn, args = build()
                 t0 = time.perf_counter()
-                hit = compile_jit(jit_fn, args, arch)
-                self.records.append(CompileRecord(key, arch, time.perf_counter() - t0))
-                self._compiled[slot] = hit
+                hit, source = self._load_or_compile(key, arch, build)
+                self.records.append(CompileRecord(key, arch, time.perf_counter() - t0, source))
+                self._launchers[slot] = hit
         return hit
 
+    def _load_or_compile(self, key, arch, build):
+        from . import disk_cache
+
+        disk = disk_cache.DiskCache(disk_cache.default_root()) if disk_cache.cache_enabled() else None
+        identity = disk_cache.entry_identity(repr(key), arch) if disk is not None else None
+        if disk is not None:
+            found = disk.lookup(identity)
+            if found.object_path is not None:
+                try:
+                    return load_object(found.object_path), "disk"
+                except Exception as e:  # a file that hashes right but does not load: rebuild it
+                    warnings.warn(f"cute_moe: cached kernel {found.object_path} does not load ({e}); rebuilding")
+            elif found.problem != "missing":
+                warnings.warn(f"cute_moe: cached kernel for {key!r} on {arch} is corrupt "
+                              f"({found.problem}); rebuilding")
+        jit_fn, args = build()
+        data = export_object(compile_jit(jit_fn, args, arch))
+        if disk is not None:
+            try:
+                return load_object(disk.store(identity, data)), "compiled"
+            except OSError as e:
+                if not self._disk_warned:
+                    self._disk_warned = True
+                    warnings.warn(f"cute_moe: kernel cache {disk.root} is not writable ({e}); "
+                                  f"compiled kernels stay in memory")
+        with tempfile.TemporaryDirectory(prefix="cute_moe_obj_") as folder:
+            path = Path(folder) / "kernel.o"
+            path.write_bytes(data)
+            return load_object(path), "compiled"
+
+    def compiled(self) -> List[CompileRecord]:
+        """Records of the kernels this process compiled (not loaded from disk)."""
+        return [r for r in self.records if r.source == "compiled"]
+
     def __len__(self) -> int:
-        return len(self._compiled)
+        return len(self._launchers)
+
+    def __contains__(self, slot: Tuple[Hashable, str]) -> bool:
+        return slot in self._launchers
 
     def clear(self) -> None:
+        """Forget the launchers in memory (the disk cache stays)."""
         with self._lock:
-            self._compiled.clear()
+            self._launchers.clear()
             self.records.clear()
 
 

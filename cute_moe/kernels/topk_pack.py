@@ -112,10 +112,9 @@ def pack_topk(topk_ids: torch.Tensor, topk_weights: torch.Tensor,
     if n == 0:
         return out
     f32 = topk_weights.dtype == torch.float32
-    wview = topk_weights.view(torch.int32 if f32 else torch.int16)
     arch = runtime.arch_of_device(topk_ids.device)
     fn = runtime.KERNELS.get(("pack_topk", f32), arch, lambda: (PackTopk(f32), pack_example_args(f32)))
-    fn(runtime.ptr(topk_ids, align=4), runtime.ptr(wview, align=4 if f32 else 2),
+    fn(runtime.ptr(topk_ids, align=4), runtime.ptr(topk_weights, align=4 if f32 else 2),
        runtime.ptr(out, align=4), n, runtime.current_stream())
     return out
 
@@ -130,8 +129,15 @@ def unpack_topk(packed: torch.Tensor):
     n = packed.numel()
     if n == 0:
         return ids, weights
-    arch = runtime.arch_of_device(packed.device)
-    fn = runtime.KERNELS.get(("unpack_topk",), arch, lambda: (UnpackTopk(), unpack_example_args()))
-    fn(runtime.ptr(packed, align=4), runtime.ptr(ids, align=4), runtime.ptr(weights.view(torch.int16), align=2),
-       n, runtime.current_stream())
+    launch_unpack_topk(runtime.arch_of_device(packed.device), runtime.ptr(packed, align=4),
+                       runtime.ptr(ids, align=4), runtime.ptr(weights, align=2), n, runtime.current_stream())
     return ids, weights
+
+
+def unpack_kernel(arch: str):
+    return runtime.KERNELS.get(("unpack_topk",), arch, lambda: (UnpackTopk(), unpack_example_args()))
+
+
+def launch_unpack_topk(arch: str, packed: int, ids: int, weights: int, n: int, stream: int) -> None:
+    """Unpack ``n > 0`` entries: addresses of packed int32, ids int32 and bf16 weights."""
+    unpack_kernel(arch)(packed, ids, weights, n, stream)
