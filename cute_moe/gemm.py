@@ -164,7 +164,7 @@ def grouped_gemm_fc1(hidden_states: torch.Tensor, plan: MoePlan, gemm1_weights: 
                          gemm1_beta is not None, gemm1_clamp_limit is not None, kind)
     p = runtime.ptr
     stand_in = p(out, align=4)  # never read when absent
-    launch_gemm(key, runtime.arch_of_device(device), p(gemm1_weights),
+    launch_gemm(gemm_kernel(key, runtime.arch_of_device(device)), p(gemm1_weights),
                 p(gemm1_weights_scale, align=INT4_SCALE_ALIGN) if gemm1_weights_scale is not None else stand_in,
                 p(hidden_states), p(plan.permuted_idx_to_expanded_idx, align=4), p(plan.tile_info, align=4),
                 p(plan.counters, align=4), p(out),
@@ -204,7 +204,8 @@ def grouped_gemm_fc2(act: torch.Tensor, plan: MoePlan, gemm2_weights: torch.Tens
     tile = config.fc2
     p = runtime.ptr
     stand_in = p(act)  # never read
-    launch_gemm(fc2_kernel_key(tile, config.variant, kind), runtime.arch_of_device(device), p(gemm2_weights),
+    launch_gemm(gemm_kernel(fc2_kernel_key(tile, config.variant, kind), runtime.arch_of_device(device)),
+                p(gemm2_weights),
                 p(gemm2_weights_scale, align=INT4_SCALE_ALIGN) if gemm2_weights_scale is not None else stand_in,
                 p(act), p(plan.permuted_idx_to_expanded_idx, align=4), p(plan.tile_info, align=4),
                 p(plan.counters, align=4), p(out), stand_in, stand_in, stand_in, stand_in, h, inter, h,
@@ -218,14 +219,14 @@ def gemm_kernel(key: Tuple, arch: str):
     return runtime.KERNELS.get(key, arch, _build(key))
 
 
-def launch_gemm(key: Tuple, arch: str, weights: int, scale: int, x: int, p2e: int, tile_info: int, counters: int,
+def launch_gemm(kernel, weights: int, scale: int, x: int, p2e: int, tile_info: int, counters: int,
                 out: int, lora: int, alpha: int, beta: int, clamp: int, m: int, k: int, n_out: int, top_k: int,
                 local_num_experts: int, max_tiles: int, num_ctas: int, pdl: bool, stream: int) -> None:
-    """Launch the grouped GEMM of ``key`` (``fc1_kernel_key`` / ``fc2_kernel_key``) on addresses:
+    """Launch a grouped GEMM (``gemm_kernel`` of an ``fc1_kernel_key`` / ``fc2_kernel_key``) on addresses:
     ``m`` weight rows, ``k`` the reduction, ``n_out`` the output row width (GroupedGemm.__call__);
     operands a kernel does not read take any aligned address."""
-    gemm_kernel(key, arch)(weights, scale, x, p2e, tile_info, counters, out, lora, alpha, beta, clamp, m, k, n_out,
-                           top_k, local_num_experts, max_tiles, num_ctas, int(pdl), stream)
+    kernel(weights, scale, x, p2e, tile_info, counters, out, lora, alpha, beta, clamp, m, k, n_out, top_k,
+           local_num_experts, max_tiles, num_ctas, int(pdl), stream)
 
 
 def warmup(configs: Iterable[GemmConfig], activation_type=ActivationType.Swiglu, *, has_lora: bool = False,

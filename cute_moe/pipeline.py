@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from . import validate
 from .enums import ActivationType, RoutingInputMode
+from .gemm import launch_gemm
 from .kernels import runtime
+from .kernels.gemm_config import INT4_SCALE_ALIGN, GemmConfig
+from .kernels.topk_pack import launch_unpack_topk
 from .plan import PlanShape
+from .routing import PlanPointers, launch_combine, launch_plan, launch_route
+from .select import ENV_VARIANT
 
 
 @dataclass(frozen=True)
@@ -97,12 +102,6 @@ def _empty_result(call: MoeCall, output: torch.Tensor) -> List[torch.Tensor]:
 
 # --------------------------------------------------------------------------- signature -> recipe
 
-_TENSOR_FIELDS = ("hidden_states", "routing_logits", "routing_bias", "topk_ids", "topk_weights",
-                  "routing_replay_out", "gemm1_lora_delta", "gemm1_alpha", "gemm1_beta", "gemm1_clamp_limit",
-                  "output")
-_SCALAR_FIELDS = ("mode", "num_experts", "top_k", "n_group", "topk_group", "intermediate_size",
-                  "local_expert_offset", "local_num_experts", "routed_scaling_factor", "routing_method_type",
-                  "activation_type", "norm_topk_prob", "do_finalize", "gemm_variant")
 # tensors that kernels read or write with 16-byte vectors (validate.py's alignment rule)
 _VECTOR_FIELDS = ("hidden_states", "gemm1_lora_delta", "output")
 
@@ -111,13 +110,21 @@ def _meta(t):
     return None if t is None else (t.__class__, t.shape, t.stride(), t.dtype, t.device)
 
 
+def _typed(v):
+    return v.__class__, v  # 1 and True hash alike; the checks tell them apart
+
+
 def call_signature(call: MoeCall) -> Tuple:
     """Everything the argument checks and the recipe depend on, except data pointers."""
-    w = call.weights
-    return (tuple(_meta(getattr(call, f)) for f in _TENSOR_FIELDS),
-            tuple((v.__class__, v) for v in (getattr(call, f) for f in _SCALAR_FIELDS)),
+    c, w = call, call.weights
+    return (_meta(c.hidden_states), _meta(c.routing_logits), _meta(c.routing_bias), _meta(c.topk_ids),
+            _meta(c.topk_weights), _meta(c.routing_replay_out), _meta(c.gemm1_lora_delta), _meta(c.gemm1_alpha),
+            _meta(c.gemm1_beta), _meta(c.gemm1_clamp_limit), _meta(c.output),
             w.kind, _meta(w.gemm1), _meta(w.gemm2), _meta(w.gemm1_scale), _meta(w.gemm2_scale),
-            os.environ.get("CUTE_MOE_GEMM_VARIANT"))
+            _typed(c.mode), _typed(c.num_experts), _typed(c.top_k), _typed(c.n_group), _typed(c.topk_group),
+            _typed(c.intermediate_size), _typed(c.local_expert_offset), _typed(c.local_num_experts),
+            _typed(c.routed_scaling_factor), _typed(c.routing_method_type), _typed(c.activation_type),
+            _typed(c.norm_topk_prob), _typed(c.do_finalize), c.gemm_variant, os.environ.get(ENV_VARIANT))
 
 
 _ALIGN = 256  # workspace buffers start on 256-byte boundaries
@@ -146,43 +153,50 @@ class WorkspaceLayout:
 
 @dataclass(frozen=True)
 class CallRecipe:
-    """What a fused call launches, derived once per signature after the full argument checks."""
+    """What a fused call launches, derived once per signature after the full argument checks; the
+    kernels are resolved (compiled or loaded) here, before any launch."""
 
-    arch: str
-    config: object  # GemmConfig
+    device_index: int
+    config: GemmConfig
     plan: PlanShape
-    plan_workspace_ints: int
-    route: object  # RouteSpec, FromLogits only
-    fc1_key: Tuple
-    fc2_key: Tuple
+    route: Optional[Callable]  # FromLogits: the routing kernel
+    unpack: Optional[Callable]  # PackedPrecomputed: the unpacking kernel
+    plan_kernels: List[Callable]
+    fc1: Callable
+    fc2: Callable
+    combine: Optional[Callable]  # do_finalize only
     fc1_ctas: int
     fc2_ctas: int
     fc1_rows: int  # M of FC1: 2I gated, I for Relu2
+    scale: float  # routed_scaling_factor
     layout: WorkspaceLayout
 
     @classmethod
     def of(cls, call: MoeCall) -> "CallRecipe":
-        from .gemm import _num_ctas, fc1_kernel_key, fc2_kernel_key
-        from .routing import RouteSpec, plan_workspace_ints
+        from .gemm import _num_ctas, fc1_kernel_key, fc2_kernel_key, gemm_kernel
+        from .kernels.topk_pack import unpack_kernel
+        from .routing import RouteSpec, combine_kernel, plan_is_single_cta, plan_kernels, plan_workspace_ints
         from .select import select_config
 
         device = call.hidden_states.device
-        t, h, k, inter = call.num_tokens, call.hidden_size, call.top_k, call.intermediate_size
+        arch = runtime.arch_of_device(device)
+        t, h, k, inter = call.num_tokens, call.hidden_size, int(call.top_k), int(call.intermediate_size)
         act = ActivationType(int(call.activation_type))
         config = select_config(num_tokens=t, top_k=k, hidden_size=h, intermediate_size=inter,
                                local_num_experts=call.local_num_experts, weight_kind=call.weights.kind,
                                device=device, variant=call.gemm_variant)
-        shape = PlanShape(t, k, call.local_num_experts, config.tile_rows)
-        route = None
+        shape = PlanShape(t, k, int(call.local_num_experts), config.tile_rows)
+        route = unpack = None
         if call.mode == RoutingInputMode.FromLogits:
             bias = call.routing_bias
             route = RouteSpec.of(call.routing_method_type, call.num_experts, k, call.routing_logits.dtype,
                                  None if bias is None else bias.dtype, call.n_group, call.topk_group,
-                                 call.norm_topk_prob, call.routing_replay_out is not None)
+                                 call.norm_topk_prob, call.routing_replay_out is not None).kernel(arch)
+        elif call.mode == RoutingInputMode.PackedPrecomputed:
+            unpack = unpack_kernel(arch)
         lora = call.gemm1_lora_delta is not None
-        finalize = call.do_finalize
+        finalize = bool(call.do_finalize)
         pairs, rows, tiles, local = shape.num_pairs, shape.max_padded_rows, shape.max_tiles, shape.local_num_experts
-        ws_ints = plan_workspace_ints(shape)
         own_routing = call.mode != RoutingInputMode.UnpackedPrecomputed
         layout = WorkspaceLayout.of({
             "topk_ids": (4 * pairs, own_routing),
@@ -193,18 +207,22 @@ class CallRecipe:
             "permuted_idx_to_expanded_idx": (4 * rows, True),
             "tile_info": (16 * tiles, True),
             "counters": (16, True),
-            "plan_workspace": (4 * ws_ints, True),
+            "plan_workspace": (4 * plan_workspace_ints(shape), True),
             "act": (2 * rows * inter, not lora),
             "gemm2_output": (2 * rows * h, finalize),
         })
         m = (2 if act.is_gated else 1) * inter
         kind = call.weights.kind
-        fc1_key = fc1_kernel_key(config.fc1, config.variant, act, lora, call.gemm1_alpha is not None,
-                                 call.gemm1_beta is not None, call.gemm1_clamp_limit is not None, kind)
-        fc2_key = fc2_kernel_key(config.fc2, config.variant, kind)
-        return cls(runtime.arch_of_device(device), config, shape, ws_ints, route, fc1_key, fc2_key,
+        fc1 = gemm_kernel(fc1_kernel_key(config.fc1, config.variant, act, lora, call.gemm1_alpha is not None,
+                                         call.gemm1_beta is not None, call.gemm1_clamp_limit is not None, kind), arch)
+        fc2 = gemm_kernel(fc2_kernel_key(config.fc2, config.variant, kind), arch)
+        weights_f32 = call.topk_weights is not None and call.topk_weights.dtype == torch.float32
+        combine = combine_kernel(arch, k, weights_f32) if finalize else None
+        scale = 1.0 if call.routed_scaling_factor is None else float(call.routed_scaling_factor)
+        return cls(device.index if device.index is not None else torch.cuda.current_device(), config, shape, route,
+                   unpack, plan_kernels(arch, plan_is_single_cta(shape)), fc1, fc2, combine,
                    _num_ctas(config, config.fc1, device, tiles, m), _num_ctas(config, config.fc2, device, tiles, h),
-                   m, layout)
+                   m, scale, layout)
 
 
 _RECIPES: Dict[Tuple, CallRecipe] = {}
@@ -229,11 +247,6 @@ def recipe_for(call: MoeCall) -> CallRecipe:
 
 def run_moe(call: MoeCall) -> List[torch.Tensor]:
     """Run one fused MoE call; returns FlashInfer's list (cute_moe.moe unwraps single tensors)."""
-    from .gemm import launch_gemm
-    from .kernels.gemm_config import INT4_SCALE_ALIGN
-    from .kernels.topk_pack import launch_unpack_topk
-    from .routing import launch_combine, launch_plan
-
     recipe = recipe_for(call)
     t, h, k = call.num_tokens, call.hidden_size, int(call.top_k)
     device = call.hidden_states.device
@@ -242,17 +255,16 @@ def run_moe(call: MoeCall) -> List[torch.Tensor]:
         output = torch.empty(t, h, dtype=torch.bfloat16, device=device)
     if t == 0:
         return _empty_result(call, output)
-    for name in _VECTOR_FIELDS:  # data pointers change from call to call: checked every time
-        x = getattr(call, name)
+    w = call.weights
+    # data pointers change from call to call: checked every time, before the first launch
+    for name, x in ((name, getattr(call, name)) for name in _VECTOR_FIELDS):
         if x is not None:
             validate.check_aligned(x, name)
-    w = call.weights
     for name, x in (("gemm1_weights", w.gemm1), ("gemm2_weights", w.gemm2), ("gemm1_weights_scale", w.gemm1_scale),
                     ("gemm2_weights_scale", w.gemm2_scale)):
         if x is not None:
             validate.check_aligned(x, name)
 
-    # every address before the first launch, so a bad one raises with nothing launched
     p = runtime.ptr
     w1, w2 = p(w.gemm1), p(w.gemm2)
     s1 = p(w.gemm1_scale, align=INT4_SCALE_ALIGN) if w.gemm1_scale is not None else w1
@@ -267,57 +279,50 @@ def run_moe(call: MoeCall) -> List[torch.Tensor]:
     base = workspace.data_ptr()
     own = {}  # buffers the call returns: allocated apart
 
-    def buf(name, shape, dtype) -> int:
+    def buf(name, shape=None, dtype=None) -> int:
         if layout[name] is not None:
             return base + layout[name]
         own[name] = torch.empty(shape, dtype=dtype, device=device)
         return own[name].data_ptr()
 
-    arch, stream = recipe.arch, runtime.current_stream(device)
+    stream = torch._C._cuda_getCurrentRawStream(recipe.device_index)
     pairs = t * k
+    replay = call.routing_replay_out
     if call.mode == RoutingInputMode.UnpackedPrecomputed:
         ids, weights = p(call.topk_ids, align=4), p(call.topk_weights, align=call.topk_weights.element_size())
-        weights_f32 = call.topk_weights.dtype == torch.float32
     else:
-        ids = buf("topk_ids", (t, k), torch.int32)
-        weights, weights_f32 = buf("topk_weights", (t, k), torch.bfloat16), False
+        ids, weights = buf("topk_ids", (t, k), torch.int32), buf("topk_weights", (t, k), torch.bfloat16)
         if recipe.route is not None:
-            replay = call.routing_replay_out
-            recipe.route.launch(arch, p(call.routing_logits, align=call.routing_logits.element_size()),
-                                p(call.routing_bias, align=call.routing_bias.element_size())
-                                if recipe.route.bias_dtype else ids, ids, weights,
-                                p(replay, align=2) if replay is not None else ids, t,
-                                1.0 if call.routed_scaling_factor is None else float(call.routed_scaling_factor),
-                                stream)
+            launch_route(recipe.route, p(call.routing_logits, align=call.routing_logits.element_size()),
+                         p(call.routing_bias, align=call.routing_bias.element_size())
+                         if call.routing_bias is not None else ids, ids, weights,
+                         p(replay, align=2) if replay is not None else ids, t, recipe.scale, stream)
         else:
-            launch_unpack_topk(arch, p(call.topk_ids, align=4), ids, weights, pairs, stream)
-    if call.routing_replay_out is not None and recipe.route is None:
-        ids_view = call.topk_ids if call.mode == RoutingInputMode.UnpackedPrecomputed else \
+            launch_unpack_topk(recipe.unpack, p(call.topk_ids, align=4), ids, weights, pairs, stream)
+    if replay is not None and recipe.route is None:
+        ids_view = call.topk_ids if recipe.unpack is None else \
             workspace[layout["topk_ids"]:layout["topk_ids"] + 4 * pairs].view(torch.int32).view(t, k)
-        call.routing_replay_out[:t].copy_(ids_view)
-
-    from .routing import PlanPointers
+        replay[:t].copy_(ids_view)
 
     shape = recipe.plan
-    plan = PlanPointers(buf("expert_counts", None, None), buf("expert_offsets", None, None),
+    plan = PlanPointers(buf("expert_counts"), buf("expert_offsets"),
                         buf("expanded_idx_to_permuted_idx", (pairs,), torch.int32),
-                        buf("permuted_idx_to_expanded_idx", None, None), buf("tile_info", None, None),
-                        buf("counters", None, None))
-    launch_plan(arch, shape, int(call.local_expert_offset), ids, plan, buf("plan_workspace", None, None), stream)
+                        buf("permuted_idx_to_expanded_idx"), buf("tile_info"), buf("counters"))
+    launch_plan(recipe.plan_kernels, shape, int(call.local_expert_offset), ids, plan, buf("plan_workspace"), stream)
 
     rows, inter, local, tiles = shape.max_padded_rows, int(call.intermediate_size), shape.local_num_experts, shape.max_tiles
-    config = recipe.config
+    pdl = recipe.config.pdl
     act = buf("act", (rows, inter), torch.bfloat16)
-    launch_gemm(recipe.fc1_key, arch, w1, s1, x, plan.p2e, plan.tiles, plan.counters, act, lora, alpha, beta,
-                clamp, recipe.fc1_rows, h, inter, k, local, tiles, recipe.fc1_ctas, config.pdl, stream)
+    launch_gemm(recipe.fc1, w1, s1, x, plan.p2e, plan.tiles, plan.counters, act, lora, alpha, beta, clamp,
+                recipe.fc1_rows, h, inter, k, local, tiles, recipe.fc1_ctas, pdl, stream)
     gemm2 = buf("gemm2_output", (rows, h), torch.bfloat16)
-    launch_gemm(recipe.fc2_key, arch, w2, s2, act, plan.p2e, plan.tiles, plan.counters, gemm2, act, act, act, act,
-                h, inter, h, k, local, tiles, recipe.fc2_ctas, config.pdl, stream)
+    launch_gemm(recipe.fc2, w2, s2, act, plan.p2e, plan.tiles, plan.counters, gemm2, act, act, act, act, h, inter,
+                h, k, local, tiles, recipe.fc2_ctas, pdl, stream)
 
     extra = [own["act"]] if call.gemm1_lora_delta is not None else []
     if call.do_finalize:
-        launch_combine(arch, k, weights_f32, gemm2, weights, plan.e2p, p(output), t, rows, h, stream)
+        launch_combine(recipe.combine, gemm2, weights, plan.e2p, p(output), t, rows, h, stream)
         return [output] + ([own["expanded_idx_to_permuted_idx"]] + extra if extra else [])
-    expert_weights = call.topk_weights.clone() if call.mode == RoutingInputMode.UnpackedPrecomputed \
+    expert_weights = call.topk_weights.clone() if recipe.route is None and recipe.unpack is None \
         else own["topk_weights"]
     return [own["gemm2_output"], expert_weights, own["expanded_idx_to_permuted_idx"]] + extra

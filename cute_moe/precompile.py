@@ -58,7 +58,7 @@ def model_kernels(*, hidden_size: int, intermediate_size: int, num_experts: int,
     from . import gemm
     from .kernels.topk_pack import unpack_kernel
     from .plan import PlanShape
-    from .routing import RouteSpec, combine_kernel, plan_kernels, plan_workspace_ints
+    from .routing import RouteSpec, combine_kernel, plan_is_single_cta, plan_kernel
     from .select import select_config
 
     method = RoutingMethodType(int(routing_method))
@@ -84,9 +84,9 @@ def model_kernels(*, hidden_size: int, intermediate_size: int, num_experts: int,
             config = select_config(num_tokens=t, top_k=top_k, hidden_size=hidden_size,
                                    intermediate_size=intermediate_size, local_num_experts=local,
                                    weight_kind=weights, arch=arch, variant=variant)
-            single = plan_workspace_ints(PlanShape(t, top_k, local, config.tile_rows)) == 0
-            add("plan (one CTA)" if single else "plan (chunked)", ("plan", single),
-                lambda a, s=single: plan_kernels(a, s))
+            single = plan_is_single_cta(PlanShape(t, top_k, local, config.tile_rows))
+            for part in ("single_cta",) if single else ("count", "scan", "scatter"):
+                add(f"plan {part}", ("plan", part), lambda a, n=part: plan_kernel(a, n))
             fc1 = gemm.fc1_kernel_key(config.fc1, config.variant, act, False, swiglu_params, swiglu_params,
                                       swiglu_params, weights)
             fc2 = gemm.fc2_kernel_key(config.fc2, config.variant, weights)

@@ -74,9 +74,9 @@ def route(routing_logits: torch.Tensor, routing_bias: Optional[torch.Tensor], to
     itemsize = routing_logits.element_size()
     bias_ptr = p(routing_bias, align=routing_bias.element_size()) if spec.bias_dtype else p(topk_ids, align=4)
     replay_ptr = p(routing_replay_out, align=2) if spec.replay else p(topk_ids, align=2)
-    spec.launch(runtime.arch_of_device(device), p(routing_logits, align=itemsize), bias_ptr, p(topk_ids, align=4),
-                p(topk_weights, align=2), replay_ptr, num_tokens,
-                1.0 if routed_scaling_factor is None else float(routed_scaling_factor), runtime.current_stream())
+    launch_route(spec.kernel(runtime.arch_of_device(device)), p(routing_logits, align=itemsize), bias_ptr,
+                 p(topk_ids, align=4), p(topk_weights, align=2), replay_ptr, num_tokens,
+                 1.0 if routed_scaling_factor is None else float(routed_scaling_factor), runtime.current_stream())
     return topk_ids, topk_weights
 
 
@@ -116,11 +116,12 @@ class RouteSpec:
                       self.bias_dtype, self.n_group, self.topk_group, self.norm, self.replay),
             route_example_args(self.logits_f32, self.bias_dtype)))
 
-    def launch(self, arch: str, logits: int, bias: int, ids: int, weights: int, replay: int, num_tokens: int,
-               scale: float, stream: int) -> None:
-        """Launch on ``num_tokens > 0`` rows; pointers are addresses (``bias`` / ``replay``: any
-        aligned address when unused)."""
-        self.kernel(arch)(logits, bias, ids, weights, replay, num_tokens, scale, stream)
+
+def launch_route(kernel, logits: int, bias: int, ids: int, weights: int, replay: int, num_tokens: int, scale: float,
+                 stream: int) -> None:
+    """Launch ``RouteSpec.kernel`` on ``num_tokens > 0`` rows; pointers are addresses (``bias`` /
+    ``replay``: any aligned address when unused)."""
+    kernel(logits, bias, ids, weights, replay, num_tokens, scale, stream)
 
 
 # --------------------------------------------------------------------------- plan
@@ -189,8 +190,9 @@ def build_plan(topk_ids: torch.Tensor, top_k: int, local_expert_offset: int, loc
 
     workspace = torch.empty(max(plan_workspace_ints(shape, launch), 1), dtype=torch.int32, device=device)
     p = runtime.ptr
-    launch_plan(runtime.arch_of_device(device), shape, int(local_expert_offset), p(topk_ids, align=4),
-                PlanPointers.of(plan), p(workspace, align=4), runtime.current_stream(), launch)
+    launch_plan(plan_kernels(runtime.arch_of_device(device), plan_is_single_cta(shape, launch)), shape,
+                int(local_expert_offset), p(topk_ids, align=4), PlanPointers.of(plan), p(workspace, align=4),
+                runtime.current_stream())
     return plan
 
 
@@ -213,7 +215,8 @@ class PlanPointers:
                    p(plan.tile_info, align=4), p(plan.counters, align=4))
 
 
-def _single_cta(shape: PlanShape, launch: str) -> bool:
+def plan_is_single_cta(shape: PlanShape, launch: str = "auto") -> bool:
+    """Whether the plan of ``shape`` runs in one CTA (``launch``: "auto" or a forced choice)."""
     from .kernels import plan as kplan
 
     n = shape.num_pairs
@@ -224,40 +227,49 @@ def plan_workspace_ints(shape: PlanShape, launch: str = "auto") -> int:
     """int32 scratch the chunked plan needs (0 for the single-CTA plan)."""
     from .kernels import plan as kplan
 
-    if _single_cta(shape, launch):
+    if plan_is_single_cta(shape, launch):
         return 0
     n = shape.num_pairs
     return -(-n // kplan.chunk_pairs_for(n)) * shape.local_num_experts
 
 
-def plan_kernels(arch: str, single_cta: bool) -> List:
-    """The plan's launchers: ``[single]`` or ``[count, scan, scatter]``."""
+_PLAN_KERNELS = {  # name -> (kernel class, example-args factory), in cute_moe.kernels.plan
+    "single_cta": ("PlanSingleCta", "single_cta_example_args"),
+    "count": ("PlanCountChunks", "count_example_args"),
+    "scan": ("PlanScan", "scan_example_args"),
+    "scatter": ("PlanScatterChunks", "scatter_example_args"),
+}
+
+
+def plan_kernel(arch: str, name: str):
+    """One plan kernel's launcher: ``name`` in "single_cta", "count", "scan", "scatter"."""
     from .kernels import plan as kplan
 
-    if single_cta:
-        return [runtime.KERNELS.get(("plan_single_cta",), arch,
-                                    lambda: (kplan.PlanSingleCta(), kplan.single_cta_example_args()))]
-    return [runtime.KERNELS.get(("plan_count",), arch, lambda: (kplan.PlanCountChunks(), kplan.count_example_args())),
-            runtime.KERNELS.get(("plan_scan",), arch, lambda: (kplan.PlanScan(), kplan.scan_example_args())),
-            runtime.KERNELS.get(("plan_scatter",), arch,
-                                lambda: (kplan.PlanScatterChunks(), kplan.scatter_example_args()))]
+    cls, args = _PLAN_KERNELS[name]
+    return runtime.KERNELS.get((f"plan_{name}",), arch, lambda: (getattr(kplan, cls)(), getattr(kplan, args)()))
 
 
-def launch_plan(arch: str, shape: PlanShape, local_expert_offset: int, topk_ids: int, plan: PlanPointers,
-                workspace: int, stream: int, launch: str = "auto") -> None:
-    """Launch the plan kernels of ``shape`` (``workspace``: ``plan_workspace_ints`` int32)."""
+def plan_kernels(arch: str, single_cta: bool) -> List:
+    """The plan's launchers: ``[single]`` or ``[count, scan, scatter]``."""
+    names = ("single_cta",) if single_cta else ("count", "scan", "scatter")
+    return [plan_kernel(arch, n) for n in names]
+
+
+def launch_plan(kernels: List, shape: PlanShape, local_expert_offset: int, topk_ids: int, plan: PlanPointers,
+                workspace: int, stream: int) -> None:
+    """Launch ``plan_kernels`` for ``shape`` (one CTA: ``[single]``, chunked: ``[count, scan,
+    scatter]`` with ``plan_workspace_ints`` int32 of ``workspace``)."""
     from .kernels import plan as kplan
 
     n, num_local, tr = shape.num_pairs, shape.local_num_experts, shape.tile_rows
     max_rows, max_tiles = max(shape.max_padded_rows, 1), max(shape.max_tiles, 1)
-    if _single_cta(shape, launch):
-        (fn,) = plan_kernels(arch, True)
-        fn(topk_ids, plan.counts, plan.offsets, plan.e2p, plan.p2e, plan.tiles, plan.counters, n,
-           local_expert_offset, num_local, tr, max_rows, max_tiles, stream)
+    if len(kernels) == 1:
+        kernels[0](topk_ids, plan.counts, plan.offsets, plan.e2p, plan.p2e, plan.tiles, plan.counters, n,
+                   local_expert_offset, num_local, tr, max_rows, max_tiles, stream)
         return
     chunk = kplan.chunk_pairs_for(n)
     num_chunks = (n + chunk - 1) // chunk
-    count_fn, scan_fn, scatter_fn = plan_kernels(arch, False)
+    count_fn, scan_fn, scatter_fn = kernels
     count_fn(topk_ids, workspace, n, local_expert_offset, num_local, num_chunks, chunk, stream)
     scan_fn(workspace, plan.counts, plan.offsets, plan.p2e, plan.tiles, plan.counters, num_local, tr, max_rows,
             max_tiles, num_chunks, stream)
@@ -303,7 +315,7 @@ def combine(gemm2_output: torch.Tensor, topk_weights: torch.Tensor, expanded_idx
         return out
 
     rows = gemm2_output if num_rows else out  # any valid 16-byte aligned address; never read
-    launch_combine(runtime.arch_of_device(device), top_k, topk_weights.dtype == torch.float32,
+    launch_combine(combine_kernel(runtime.arch_of_device(device), top_k, topk_weights.dtype == torch.float32),
                    runtime.ptr(rows, align=16), runtime.ptr(topk_weights, align=topk_weights.element_size()),
                    runtime.ptr(expanded_idx_to_permuted_idx, align=4), runtime.ptr(out, align=16), num_tokens,
                    num_rows, hidden, runtime.current_stream())
@@ -317,8 +329,7 @@ def combine_kernel(arch: str, top_k: int, weights_f32: bool):
                                lambda: (CombineRows(top_k, weights_f32), combine_example_args(weights_f32)))
 
 
-def launch_combine(arch: str, top_k: int, weights_f32: bool, rows: int, weights: int, perm: int, out: int,
-                   num_tokens: int, num_rows: int, hidden: int, stream: int) -> None:
-    """Launch the combine of ``num_tokens > 0`` tokens of ``hidden % 8 == 0`` columns."""
-    combine_kernel(arch, top_k, weights_f32)(rows, weights, perm, out, num_tokens, max(num_rows, 1), hidden // 8,
-                                             stream)
+def launch_combine(kernel, rows: int, weights: int, perm: int, out: int, num_tokens: int, num_rows: int,
+                   hidden: int, stream: int) -> None:
+    """Launch ``combine_kernel`` on ``num_tokens > 0`` tokens of ``hidden % 8 == 0`` columns."""
+    kernel(rows, weights, perm, out, num_tokens, max(num_rows, 1), hidden // 8, stream)

@@ -1,7 +1,14 @@
 """Shared test setup: GPU tests skip cleanly on machines without a supported GPU."""
 
+import os
+import tempfile
+
 import pytest
 import torch
+
+# Kernels compiled by the tests go to a private cache unless the caller names one (a GPU run
+# shares one cache between its steps).
+os.environ.setdefault("CUTE_MOE_CACHE_DIR", tempfile.mkdtemp(prefix="cute_moe_test_cache_"))
 
 from cute_moe.kernels import runtime
 

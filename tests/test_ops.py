@@ -29,3 +29,19 @@ def test_torch_compile_traces_the_whole_call_into_one_graph():
     x, logits = torch.randn(8, h).to(torch.bfloat16), torch.randn(8, e)
     with pytest.raises(ValueError, match="hidden_states: expected a tensor on a CUDA device"):
         fn(x, logits)
+
+
+def test_eager_calls_skip_the_op_and_traced_calls_take_it():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from cute_moe.ops import _traced
+    from cute_moe.pipeline import ExpertWeights, MoeCall
+
+    def call(x):
+        return MoeCall(mode=0, hidden_states=x, weights=ExpertWeights.bf16(x, x), num_experts=4, top_k=2,
+                       n_group=None, topk_group=None, intermediate_size=128, local_expert_offset=0,
+                       local_num_experts=4)
+
+    assert not _traced(call(torch.zeros(2, 256, dtype=torch.bfloat16)))
+    with FakeTensorMode():
+        assert _traced(call(torch.zeros(2, 256, dtype=torch.bfloat16)))

@@ -14,8 +14,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   -d "$tmp/whl" "apache-tvm-ffi==$VER"
 mkdir -p "$tmp/site"
 (cd "$tmp/site" && python3 -m zipfile -e "$tmp"/whl/*.whl .)
-rm -rf "$tmp"/site/tvm_ffi/{3rdparty,include,src,cython,share,stub,cpp/*.cc} \
-       "$tmp"/site/tvm_ffi/lib/libtvm_ffi_testing.so
+rm -rf "$tmp"/site/tvm_ffi/{3rdparty,include,src,cython,share,stub,cpp/*.cc}
 find "$tmp/site" -name '*.pyi' -delete
 tar cf - -C "$tmp/site" . | xz -9e -T2 > "$out/tvm-ffi.tar.xz"
 if ! grep -q tvm-ffi.tar.xz "$out/env.sh"; then

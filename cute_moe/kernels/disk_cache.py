@@ -144,7 +144,7 @@ class DiskCache:
         folder.mkdir(parents=True, exist_ok=True)
         sha = hashlib.sha256(object_bytes).hexdigest()
         path = folder / f"{digest}-{sha[:16]}.o"
-        if not (path.exists() and path.stat().st_size == len(object_bytes)):
+        if not (path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == sha):  # absent or corrupt
             _atomic_write(path, object_bytes)
         record = dict(identity, object=path.name, sha256=sha, **(extra or {}))
         _atomic_write(self._manifest(identity["arch"], digest), json.dumps(record, indent=1).encode())

@@ -129,7 +129,7 @@ def unpack_topk(packed: torch.Tensor):
     n = packed.numel()
     if n == 0:
         return ids, weights
-    launch_unpack_topk(runtime.arch_of_device(packed.device), runtime.ptr(packed, align=4),
+    launch_unpack_topk(unpack_kernel(runtime.arch_of_device(packed.device)), runtime.ptr(packed, align=4),
                        runtime.ptr(ids, align=4), runtime.ptr(weights, align=2), n, runtime.current_stream())
     return ids, weights
 
@@ -138,6 +138,7 @@ def unpack_kernel(arch: str):
     return runtime.KERNELS.get(("unpack_topk",), arch, lambda: (UnpackTopk(), unpack_example_args()))
 
 
-def launch_unpack_topk(arch: str, packed: int, ids: int, weights: int, n: int, stream: int) -> None:
-    """Unpack ``n > 0`` entries: addresses of packed int32, ids int32 and bf16 weights."""
-    unpack_kernel(arch)(packed, ids, weights, n, stream)
+def launch_unpack_topk(kernel, packed: int, ids: int, weights: int, n: int, stream: int) -> None:
+    """Unpack ``n > 0`` entries with ``unpack_kernel``: addresses of packed int32, ids int32 and
+    bf16 weights."""
+    kernel(packed, ids, weights, n, stream)
