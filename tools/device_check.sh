@@ -47,7 +47,7 @@ if [[ $what == sanitize || $what == all ]]; then
   for tool in memcheck racecheck; do
     timeout 280 compute-sanitizer --tool $tool --print-limit 50 python3 tools/sanitize_cases.py >"$OUT/sanitize_$tool.txt" 2>&1
     echo "$tool: exit $?, $(grep -c '^ok ' "$OUT/sanitize_$tool.txt") cases;" \
-      "$(grep -E '^========= (Invalid|Program hit|Race|Error|WARNING|.*[Hh]azard)' "$OUT/sanitize_$tool.txt" | grep -vc cuGetProcAddress) reports" \
+      "$(grep -E '^========= (Invalid|Program hit|Race|Error|WARNING|.*[Hh]azard)' "$OUT/sanitize_$tool.txt" | grep -v SUMMARY | grep -vc cuGetProcAddress) reports" \
       "besides cuGetProcAddress; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize_$tool.txt" | tail -1)"
   done | tee "$OUT/sanitize.txt"
 fi
