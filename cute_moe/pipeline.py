@@ -285,7 +285,7 @@ def run_moe(call: MoeCall) -> List[torch.Tensor]:
         own[name] = torch.empty(shape, dtype=dtype, device=device)
         return own[name].data_ptr()
 
-    stream = torch._C._cuda_getCurrentRawStream(recipe.device_index)
+    stream = runtime.current_stream(recipe.device_index)
     pairs = t * k
     replay = call.routing_replay_out
     if call.mode == RoutingInputMode.UnpackedPrecomputed:

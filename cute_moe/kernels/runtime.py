@@ -19,7 +19,6 @@ for the target arch, is loaded in well under a second by every later process.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import threading
 import time
@@ -118,9 +117,13 @@ def fake_ptr(dtype: torch.dtype, align: int = 16):
     return make_ptr(cutlass_dtype(dtype), 1 << 20, cute.AddressSpace.gmem, assumed_align=align)
 
 
-def current_stream(device: Optional[torch.device] = None) -> int:
-    """The raw ``cudaStream_t`` of the current torch stream (captured graphs included)."""
-    return torch.cuda.current_stream(device).cuda_stream
+def current_stream(device=None) -> int:
+    """The raw ``cudaStream_t`` of the current torch stream of ``device`` (a torch.device, an index
+    or None for the current device; captured graphs included)."""
+    index = device.index if isinstance(device, torch.device) else device
+    index = torch.cuda.current_device() if index is None else index
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # CUDA builds: no Stream object made
+    return raw(index) if raw is not None else torch.cuda.current_stream(index).cuda_stream
 
 
 def fake_stream():
@@ -176,15 +179,6 @@ def compile_ptx(jit_fn: Callable, args: Tuple[Any, ...], arch: str) -> str:
 # --------------------------------------------------------------------------- object files
 
 _SYMBOL = "cute_moe_kernel"  # one kernel per object file, each loaded into its own engine
-
-
-def export_object(compiled) -> bytes:
-    """The object file (host launcher + cubin) of a ``compile_jit`` result."""
-    with tempfile.TemporaryDirectory(prefix="cute_moe_obj_") as folder:
-        path = os.path.join(folder, "kernel.o")
-        compiled.export_to_c(path, _SYMBOL)
-        with open(path, "rb") as f:
-            return f.read()
 
 
 def load_object(path: Path):
@@ -249,18 +243,17 @@ class KernelCache:
                 warnings.warn(f"cute_moe: cached kernel for {key!r} on {arch} is corrupt "
                               f"({found.problem}); rebuilding")
         jit_fn, args = build()
-        data = export_object(compile_jit(jit_fn, args, arch))
-        if disk is not None:
-            try:
-                return load_object(disk.store(identity, data)), "compiled"
-            except OSError as e:
-                if not self._disk_warned:
-                    self._disk_warned = True
-                    warnings.warn(f"cute_moe: kernel cache {disk.root} is not writable ({e}); "
-                                  f"compiled kernels stay in memory")
         with tempfile.TemporaryDirectory(prefix="cute_moe_obj_") as folder:
-            path = Path(folder) / "kernel.o"
-            path.write_bytes(data)
+            path = Path(folder) / "kernel.o"  # the object file: host launcher + cubin
+            compile_jit(jit_fn, args, arch).export_to_c(str(path), _SYMBOL)
+            if disk is not None:
+                try:
+                    path = disk.store(identity, path.read_bytes())
+                except OSError as e:
+                    if not self._disk_warned:
+                        self._disk_warned = True
+                        warnings.warn(f"cute_moe: kernel cache {disk.root} is not writable ({e}); "
+                                      f"compiled kernels stay in memory")
             return load_object(path), "compiled"
 
     def compiled(self) -> List[CompileRecord]:
@@ -269,9 +262,6 @@ class KernelCache:
 
     def __len__(self) -> int:
         return len(self._launchers)
-
-    def __contains__(self, slot: Tuple[Hashable, str]) -> bool:
-        return slot in self._launchers
 
     def clear(self) -> None:
         """Forget the launchers in memory (the disk cache stays)."""
