@@ -64,13 +64,15 @@ def fc2_kernel_key(tile: TileConfig, variant: str, weight_kind: str = "bf16") ->
 
 def _build(key: Tuple):
     from .kernels.grouped_gemm import GroupedGemm, example_args
+    from .kernels.grouped_gemm_sm90 import WgmmaGroupedGemm
 
     _, op, tile, schedule, act, lora, alpha, beta, clamp, kind = key
     int4 = kind == "mxint4"
+    template = WgmmaGroupedGemm if tile.mma == "wgmma" else GroupedGemm
 
     def build():
-        return (GroupedGemm(op, tile, schedule, activation=act, has_lora=lora, has_alpha=alpha, has_beta=beta,
-                            has_clamp=clamp, int4_weights=int4), example_args(int4))
+        return (template(op, tile, schedule, activation=act, has_lora=lora, has_alpha=alpha, has_beta=beta,
+                         has_clamp=clamp, int4_weights=int4), example_args(int4))
 
     return build
 
@@ -92,7 +94,7 @@ def _sm_count(index: int) -> int:
 
 def _num_ctas(config: GemmConfig, tile: TileConfig, device: torch.device, max_tiles: int, m: int) -> int:
     """Persistent grid: ``ctas_per_sm`` CTAs per SM, no more than there are work items."""
-    if config.variant != "dynamic":
+    if config.schedule != "persistent":
         return 1
     m_blocks = -(-m // tile.bm)
     return max(1, min(max_tiles * m_blocks, _sm_count(device.index or 0) * config.ctas_per_sm))
@@ -216,6 +218,9 @@ def grouped_gemm_fc2(act: torch.Tensor, plan: MoePlan, gemm2_weights: torch.Tens
 
 def gemm_kernel(key: Tuple, arch: str):
     """The launcher of a grouped GEMM key, compiled or loaded on first use."""
+    tile, kind = key[2], key[-1]
+    if tile.mma == "wgmma" and (arch != "sm_90a" or kind != "bf16"):
+        raise ValueError(f"the wgmma grouped GEMM runs bf16 weights on sm_90a, got {kind} weights on {arch}")
     return runtime.KERNELS.get(key, arch, _build(key))
 
 

@@ -37,11 +37,21 @@ DEFAULT_ARCH = "sm_90a"
 #   128 (T=4096) deepseek-v3     44406 (64x16)    18396 (128x64)   12124 (256x128)   12323
 #   256 (T=4096) qwen3-30b-a3b   3237 (64x16)     1299 (128x64)    1093 (256x128)    949.7
 #
+# On SM90 the wgmma instantiation takes over above 16 rows per expert (H200: qwen3-30b-a3b T=512,
+# 32 rows: 317 vs 376 us; deepseek-v3 T=512, 16 rows: 5334 vs 5288, a tie; see _SM90_WGMMA_TILES).
+#
 # micro (with programmatic launch) streams the weights at the copy bandwidth up to 4 rows per
 # expert (101-104% of the copy floor); at 8 rows (deepseek-v3, T=256) persistent 128x32 beats it
 # (7543 vs 8879 us), so the bound is 4 (between 4 and 8 nothing was measured). The static grid
 # is never the fastest: it runs only when forced.
 _SM90_VARIANT_BY_ROWS: Tuple[Tuple[float, str], ...] = (
+    (4.0, "micro"),
+    (16.0, "dynamic"),
+    (float("inf"), "wgmma"),
+)
+# Arches without the warpgroup MMA, and MXINT4 weights on every arch (the wgmma instantiation
+# takes bf16 weights), use the warp-MMA family at every size.
+_WARP_VARIANT_BY_ROWS: Tuple[Tuple[float, str], ...] = (
     (4.0, "micro"),
     (float("inf"), "dynamic"),
 )
@@ -66,11 +76,12 @@ BN_BY_ROWS: Dict[str, Tuple[Tuple[float, int], ...]] = {
     "micro": ((8.0, 8), (float("inf"), 16)),
     "static": ((4.0, 8), (16.0, 32), (float("inf"), 64)),
     "dynamic": ((4.0, 8), (16.0, 32), (32.0, 64), (float("inf"), 128)),
+    "wgmma": ((64.0, 64), (float("inf"), 128)),  # H200: 256x64 wins at 32 rows, ties 256x128 at 128
 }
 
 
-def _t(bm, bn, wm, wn, stages) -> TileConfig:
-    return TileConfig(bm, bn, wm, wn, stages)
+def _t(bm, bn, wm, wn, stages, mma="warp") -> TileConfig:
+    return TileConfig(bm, bn, wm, wn, stages, mma)
 
 
 # (variant, bn) -> (FC1 tile, FC2 tile, persistent CTAs per SM, programmatic launch)
@@ -89,6 +100,23 @@ _SM90_TILES: Dict[Tuple[str, int], Tuple[TileConfig, TileConfig, int, bool]] = {
     # (2 per SM) on both shapes at T=4096 (qwen3 FC1 695 vs 805 us); 4 stages: no gain (713 us)
     ("dynamic", 128): (_t(256, 128, 4, 2, 3), _t(256, 128, 4, 2, 3), 1, False),
 }
+# SM90 only (cute_moe/kernels/grouped_gemm_sm90.py): two MMA warpgroups of 128 weight rows and a
+# producer warpgroup (TMA + cp.async). FC1 + FC2 on one H200 (us, tools/bench_gemm.py):
+#
+#   shape          T      128x128 s4  256x128 s3  256x128 s4  256x64 s4  64x128 (2/SM)  dynamic
+#   qwen3-30b-a3b  512    584         464         430         317        925            376 (128x64)
+#   qwen3-30b-a3b  4096   941         824         820         840        1358           1072 (256x128)
+#   qwen3-30b-a3b  16384  2848        2735        2832        3004       3922           3676
+#   deepseek-v3    512    8140        6642        6356        5334       12718          5288 (128x32)
+#   deepseek-v3    4096   10782       9588        9279        9317       14822          12120
+#   deepseek-v3    16384  29193       24613       25206       25418      41401          33886
+#
+# 256-row m-blocks halve the token-row traffic per FLOP against 128; ring depth 3..5 changes
+# little (not latency-bound); two 64-row CTAs per SM lose everywhere.
+_SM90_WGMMA_TILES = {
+    ("wgmma", 64): (_t(256, 64, 8, 1, 4, "wgmma"), _t(256, 64, 8, 1, 4, "wgmma"), 1, False),
+    ("wgmma", 128): (_t(256, 128, 8, 1, 4, "wgmma"), _t(256, 128, 8, 1, 4, "wgmma"), 1, False),
+}
 
 # SM120 has 99 KiB of shared memory per CTA: the 128-row tile of 128x128 with 4 warps replaces
 # 256x128 there. SM100 and SM120 run the same mma.sync kernels but have not been measured: they
@@ -97,9 +125,9 @@ _SM120_TILES = dict(_SM90_TILES)
 _SM120_TILES[("dynamic", 128)] = (_t(128, 128, 2, 2, 3), _t(128, 128, 2, 2, 3), 1, False)
 
 VARIANT_BY_ROWS: Dict[str, Tuple[Tuple[float, str], ...]] = {
-    "sm_90a": _SM90_VARIANT_BY_ROWS, "sm_100a": _SM90_VARIANT_BY_ROWS, "sm_120a": _SM90_VARIANT_BY_ROWS}
+    "sm_90a": _SM90_VARIANT_BY_ROWS, "sm_100a": _WARP_VARIANT_BY_ROWS, "sm_120a": _WARP_VARIANT_BY_ROWS}
 TILES: Dict[str, Dict[Tuple[str, int], Tuple[TileConfig, TileConfig, int, bool]]] = {
-    "sm_90a": _SM90_TILES, "sm_100a": _SM90_TILES, "sm_120a": _SM120_TILES}
+    "sm_90a": {**_SM90_TILES, **_SM90_WGMMA_TILES}, "sm_100a": _SM90_TILES, "sm_120a": _SM120_TILES}
 
 
 def _first(table, value):
@@ -134,10 +162,13 @@ def select_config(*, num_tokens: int, top_k: int, hidden_size: int, intermediate
                   local_num_experts: int, weight_kind: str = "bf16", device=None, arch: Optional[str] = None,
                   variant: Optional[str] = None) -> GemmConfig:
     """GemmConfig for one call's shapes (module docstring); ``variant`` forces the variant."""
-    del hidden_size, intermediate_size, weight_kind  # tiles handle every supported H, I
+    del hidden_size, intermediate_size  # tiles handle every supported H, I
     arch = _arch(device, arch)
     rows = max(int(num_tokens), 1) * int(top_k) / max(int(local_num_experts), 1)
-    chosen = forced_variant(variant) or _first(VARIANT_BY_ROWS[arch], rows)
+    table = VARIANT_BY_ROWS[arch] if weight_kind == "bf16" else _WARP_VARIANT_BY_ROWS
+    chosen = forced_variant(variant) or _first(table, rows)
+    if chosen == "wgmma" and (arch != "sm_90a" or weight_kind != "bf16"):
+        raise ValueError(f"variant 'wgmma' runs bf16 weights on sm_90a, got {weight_kind} weights on {arch}")
     bn = _first(BN_BY_ROWS[chosen], rows)
     fc1, fc2, ctas, pdl = TILES[arch][(chosen, bn)]
     return GemmConfig(chosen, fc1, fc2, ctas, pdl)

@@ -23,6 +23,7 @@ from cute_moe.enums import ActivationType
 from cute_moe.kernels import runtime
 from cute_moe.kernels.gemm_config import GemmConfig, TileConfig
 from cute_moe.kernels.grouped_gemm import GroupedGemm, example_args
+from cute_moe.kernels.grouped_gemm_sm90 import WgmmaGroupedGemm
 from cute_moe.select import ENV_VARIANT, TILES, select_config
 
 REL_BOUND = 1e-2
@@ -114,6 +115,64 @@ def test_variant_compiles_without_spills(arch, name, make):
     assert res["regs"] <= 255
 
 
+# SM90 instantiation: TMA + WGMMA, warp-specialized (one producer warpgroup, two MMA warpgroups)
+WGMMA_VARIANTS = [
+    ("wgmma_fc1_128x128_swiglu_lora_oss", lambda: WgmmaGroupedGemm(
+        "fc1", TileConfig(128, 128, 8, 1, 4, "wgmma"), "persistent", has_lora=True, has_alpha=True, has_beta=True,
+        has_clamp=True)),
+    ("wgmma_fc1_128x64_relu2", lambda: WgmmaGroupedGemm("fc1", TileConfig(128, 64, 8, 1, 6, "wgmma"), "persistent",
+                                                        activation=RELU2)),
+    ("wgmma_fc2_128x128", lambda: WgmmaGroupedGemm("fc2", TileConfig(128, 128, 8, 1, 4, "wgmma"), "persistent")),
+]
+WGMMA_PTX_NEEDLES = ["wgmma.mma_async.sync.aligned.m64n", "wgmma.commit_group", "wgmma.wait_group",
+                     "setmaxnreg.inc.sync.aligned.u32 \t232", "setmaxnreg.dec.sync.aligned.u32 \t40",
+                     "cp.async.bulk.tensor.4d.shared::cta.global.tile.mbarrier::complete_tx::bytes",
+                     "cp.async.mbarrier.arrive.noinc",
+                     "mbarrier.try_wait.parity", "fence.proxy.async.shared::cta", "cp.async.cg.shared.global",
+                     "st.global.v4"]
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("name,make", WGMMA_VARIANTS, ids=[v[0] for v in WGMMA_VARIANTS])
+def test_wgmma_variant_compiles_for_sm90(name, make):
+    import cutlass.cute as cute
+
+    compiled = cute.compile(make(), *example_args(False),
+                            options=f"--gpu-arch sm_90a --keep-ptx --keep-cubin --dump-dir {runtime._dump_dir()}")
+    ptx = compiled.artifacts.PTX
+    for needle in WGMMA_PTX_NEEDLES:
+        assert needle in ptx, f"{name}: '{needle}' missing from the PTX"
+    assert "mma.sync" not in ptx and ".local" not in ptx
+    res = cubin_resources(compiled.artifacts.CUBIN)
+    assert res["frame"] <= STACK_BUDGET_BYTES, f"{name}: {res['frame']} bytes of stack (spills)"
+    assert res["regs"] <= 168  # 384 threads on one SM before setmaxnreg redistributes
+
+
+def test_wgmma_is_sm90_bf16_only():
+    from cute_moe.gemm import fc1_kernel_key, gemm_kernel
+
+    tile = TileConfig(128, 128, 8, 1, 4, "wgmma")
+    for arch, kind in (("sm_100a", "bf16"), ("sm_120a", "bf16"), ("sm_90a", "mxint4")):
+        with pytest.raises(ValueError, match="(?i)wgmma"):
+            gemm_kernel(fc1_kernel_key(tile, "wgmma", SWIGLU, weight_kind=kind), arch)
+        with pytest.raises(ValueError, match="(?i)wgmma"):
+            select_config(num_tokens=4096, top_k=8, hidden_size=2048, intermediate_size=768, local_num_experts=128,
+                          arch=arch, weight_kind=kind, variant="wgmma")
+    with pytest.raises(ValueError, match="(?i)wgmma"):
+        WgmmaGroupedGemm("fc1", tile, "persistent", int4_weights=True)
+    with pytest.raises(ValueError, match="(?i)wgmma"):
+        WgmmaGroupedGemm("fc1", TileConfig(128, 128, 2, 2, 3), "persistent")
+    with pytest.raises(ValueError, match="(?i)wgmma"):
+        TileConfig(64, 128, 8, 1, 3, "wgmma")  # two warpgroups need 128 or 256 weight rows
+    with pytest.raises(ValueError, match="takes"):
+        GemmConfig("dynamic", tile, tile)
+    # MXINT4 and other arches never get wgmma from the selector
+    kw = dict(num_tokens=16384, top_k=8, hidden_size=2048, intermediate_size=768, local_num_experts=128)
+    assert select_config(arch="sm_90a", **kw).variant == "wgmma"
+    assert select_config(arch="sm_90a", weight_kind="mxint4", **kw).variant == "dynamic"
+    assert select_config(arch="sm_120a", **kw).variant == "dynamic"
+
+
 def test_cubin_reader_rejects_a_cubin_without_register_counts():
     # a minimal ELF64 header with one empty section table entry: no .nv.info, no counts
     header = bytearray(64)
@@ -134,7 +193,7 @@ def test_selector_follows_routed_rows_per_expert(monkeypatch):
     decode = select_config(num_tokens=1, **kw)
     prefill = select_config(num_tokens=8192, **kw)
     assert decode.variant == "micro" and decode.tile_rows == 8 and decode.pdl
-    assert prefill.variant == "dynamic" and prefill.tile_rows == 128 and not prefill.pdl
+    assert prefill.variant == "wgmma" and prefill.tile_rows == 128 and not prefill.pdl
     assert select_config(num_tokens=8192, **{**kw, "arch": "sm_120a"}).fc1.fits("sm_120a")
     previous = 0
     for t in (1, 2, 8, 64, 256, 512, 1024, 4096, 16384):
@@ -163,7 +222,8 @@ def test_every_table_tile_fits_its_arch(arch):
     for (variant, bn), (fc1, fc2, ctas, pdl) in TILES[arch].items():
         assert fc1.bn == fc2.bn == bn
         assert fc1.fits(arch) and fc2.fits(arch), f"{variant} bn={bn} does not fit {arch}"
-        assert fc1.fits(arch, int4=True) and fc2.fits(arch, int4=True), f"{variant} bn={bn} int4 exceeds {arch}"
+        if variant != "wgmma":  # bf16 weights only
+            assert fc1.fits(arch, int4=True) and fc2.fits(arch, int4=True), f"{variant} bn={bn} int4 exceeds {arch}"
         assert GemmConfig(variant, fc1, fc2, ctas, pdl).tile_rows == bn
 
 
@@ -205,7 +265,8 @@ def test_wrappers_reject_cpu_tensors():
 
 # --------------------------------------------------------------------------- GPU correctness
 
-SHAPES = {"qwen3": (2048, 768), "gptoss": (2880, 2880), "dsv3": (7168, 2048), "relu2": (2048, 1024)}
+SHAPES = {"qwen3": (2048, 768), "gptoss": (2880, 2880), "dsv3": (7168, 2048), "relu2": (2048, 1024),
+          "tiny": (64, 64)}
 
 
 @dataclass(frozen=True)
@@ -277,6 +338,20 @@ CASES = [
     *[Case("dsv3", 256, 8, t, local=16, offset=32, int4=True) for t in (1, 64, 1000)],
     Case("qwen3", 64, 8, 128, int4=True, lora=True, oss=(True, True, True)),
     Case("qwen3", 128, 8, 1000, routing="hot", int4=True),
+    # SM90 wgmma: partial m-blocks (H = 2880, M = 64 < bm), the smallest K, EP slices, hot / few experts
+    *[Case("qwen3", 128, 8, t, variant="wgmma") for t in (1, 3, 128, 1000, 4096)],
+    *[Case("gptoss", 32, 4, t, variant="wgmma", oss=(True, True, True)) for t in (1, 1000)],
+    *[Case("dsv3", 256, 8, t, local=16, offset=32, variant="wgmma") for t in (1, 1000)],
+    Case("qwen3", 128, 8, 2000, routing="hot", variant="wgmma"),
+    Case("qwen3", 64, 6, 100, routing="few", variant="wgmma"),
+    Case("qwen3", 128, 8, 700, lora=True, variant="wgmma"),
+    *[Case("relu2", 16, 2, t, activation=RELU2, variant="wgmma") for t in (3, 1000)],
+    *[Case("tiny", 8, 2, t, activation=a, variant="wgmma") for t in (1, 300) for a in (SWIGLU, RELU2)],
+    Case("tiny", 8, 2, 300),
+    *[Case(shape, 32, 4, t, tile=("wgmma", TileConfig(*a, mma="wgmma"), TileConfig(*a, mma="wgmma"), c))
+      for shape, t in (("gptoss", 700), ("tiny", 300)) for a, c in (
+          ((256, 128, 8, 1, 3), 1), ((256, 128, 8, 1, 4), 1), ((64, 128, 4, 1, 3), 2), ((256, 64, 8, 1, 5), 1),
+          ((128, 128, 4, 1, 3), 1))],
 ]
 
 _WEIGHTS = {}
@@ -323,6 +398,8 @@ def _routing(case: Case) -> torch.Tensor:
 
 def _config(case: Case) -> GemmConfig:
     h, i = SHAPES[case.shape]
+    if "wgmma" in (case.variant, case.tile and case.tile[0]) and runtime.arch_of_device() != "sm_90a":
+        pytest.skip("the wgmma instantiation runs on SM90")
     if case.tile is not None and len(case.tile) == 4:
         return GemmConfig(*case.tile)
     if case.tile is not None:
@@ -424,7 +501,7 @@ def test_fc1_fc2_match_float_reference(case, record_error):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant,pdl", [("micro", True), ("static", False), ("dynamic", True)])
+@pytest.mark.parametrize("variant,pdl", [("micro", True), ("static", False), ("dynamic", True), ("wgmma", True)])
 def test_cuda_graph_replays_with_new_routing(variant, pdl, record_error):
     from cute_moe.gemm import grouped_gemm_fc1, grouped_gemm_fc2
     from cute_moe.reference import reference_plan

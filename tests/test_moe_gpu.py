@@ -155,9 +155,13 @@ def _routed(case, hidden, routing, record, variant=None, **extra_kw):
 VARIANT_CASE = Case(2048, 768, 32, 8)
 
 
-@pytest.mark.parametrize("variant", ["micro", "static", "dynamic"])
+@pytest.mark.parametrize("variant", ["micro", "static", "dynamic", "wgmma"])
 @pytest.mark.parametrize("tokens", [1, 128, 1000])
 def test_every_variant_forced(variant, tokens, record_error):
+    from cute_moe.kernels.runtime import arch_of_device
+
+    if variant == "wgmma" and arch_of_device() != "sm_90a":
+        pytest.skip("the wgmma instantiation runs on SM90")
     case = VARIANT_CASE
     hidden = torch.randn(tokens, case.hidden, device="cuda").to(torch.bfloat16)
     ids, w = _routing(case, tokens)

@@ -112,7 +112,7 @@ def parse_config(spec: str) -> Tuple[str, GemmConfig]:
         elif part.startswith("ctas="):
             ctas = int(part[5:])
         else:
-            tiles.append(TileConfig(*(int(v) for v in part.split(","))))
+            tiles.append(TileConfig(*(int(v) for v in part.split(",")), mma="wgmma" if variant == "wgmma" else "warp"))
     return label, GemmConfig(variant, tiles[0], tiles[-1], ctas, pdl)
 
 
@@ -150,7 +150,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", nargs="+", default=["qwen3-30b-a3b", "deepseek-v3"], choices=sorted(PRESETS))
     p.add_argument("--tokens", nargs="+", type=int, default=[1, 8, 64, 512, 4096])
-    p.add_argument("--variants", nargs="*", default=None, choices=["auto", "micro", "static", "dynamic"],
+    p.add_argument("--variants", nargs="*", default=None, choices=["auto", "micro", "static", "dynamic", "wgmma"],
                    help="selector configs to time (default: all four, none with --sweep / --tiles)")
     p.add_argument("--tiles", action="store_true", help="time every (variant, bn) of the selector table")
     p.add_argument("--sweep", action="store_true", help="time the SWEEP candidates that suit each T")

@@ -1,10 +1,11 @@
 """Small calls of every kernel family, for compute-sanitizer (memcheck, racecheck):
 
-    compute-sanitizer --tool racecheck python3 tools/sanitize_cases.py
+    compute-sanitizer --tool racecheck python3 tools/sanitize_cases.py [name filter]
 
 routing (every method family, with bias and replay), unpacking of packed routing, the plan (one
-CTA and chunked), the grouped GEMMs (bf16: micro, static, dynamic; Relu2; SwiGLU with alpha /
-beta / clamp and LoRA; MXINT4), the combine (bf16 and float32 weights). Prints one line per case.
+CTA and chunked), the grouped GEMMs (bf16: micro, static, dynamic, wgmma on SM90; Relu2; SwiGLU
+with alpha / beta / clamp and LoRA; MXINT4), the combine (bf16 and float32 weights). Prints one
+line per case; the optional argument keeps the cases whose name contains it.
 """
 
 import sys
@@ -30,7 +31,7 @@ def main() -> int:
     for t in (5, 1100):  # one-CTA and chunked plans (T * top_k > 2048)
         x = torch.randn(t, h, device=dev).to(torch.bfloat16)
         logits = torch.randn(t, e, device=dev)
-        for variant in ("micro", "static", "dynamic"):
+        for variant in ("micro", "static", "dynamic", "wgmma"):  # wgmma: the SM90 instantiation
             cases.append((f"bf16 T={t} {variant}", lambda x=x, lg=logits, v=variant: cute_moe.trtllm_bf16_moe(
                 lg, None, x, g1, g2, routing_method_type=int(RM.Renormalize), gemm_variant=v, **kw)))
         cases.append((f"relu2 T={t}", lambda x=x, lg=logits: cute_moe.trtllm_bf16_moe(
@@ -39,10 +40,13 @@ def main() -> int:
         ids, weights = cute_moe.route(logits, None, k, RM.Renormalize)
         lora = torch.randn(t, k, 2 * i, device=dev).to(torch.bfloat16)
         per_expert = torch.full((e,), 1.5, device=dev)
-        cases.append((f"routed pair f32 weights, alpha/beta/clamp, LoRA T={t}",
-                      lambda x=x, ids=ids, w=weights, lo=lora, pe=per_expert: cute_moe.trtllm_bf16_routed_moe(
-                          (ids, w.float()), x, g1, g2, gemm1_lora_delta=lo, gemm1_alpha=pe, gemm1_beta=pe,
-                          gemm1_clamp_limit=pe * 4, routing_method_type=int(RM.Renormalize), **kw)))
+        for variant in (None, "wgmma"):
+            cases.append((f"routed pair f32 weights, alpha/beta/clamp, LoRA T={t} {variant or ''}",
+                          lambda x=x, ids=ids, w=weights, lo=lora, pe=per_expert, v=variant:
+                          cute_moe.trtllm_bf16_routed_moe(
+                              (ids, w.float()), x, g1, g2, gemm1_lora_delta=lo, gemm1_alpha=pe, gemm1_beta=pe,
+                              gemm1_clamp_limit=pe * 4, routing_method_type=int(RM.Renormalize), gemm_variant=v,
+                              **kw)))
     # routing methods with bias, groups and replay
     t = 33
     logits = torch.randn(t, 64, device=dev)
@@ -71,6 +75,8 @@ def main() -> int:
                           cute_moe.trtllm_mxint4_block_scale_routed_moe(
                               p, x, m1, m1s, None, None, None, m2, m2s, e, k, None, None, ii, 0, e, None,
                               routing_method_type=int(RM.Renormalize), gemm_variant=v)))
+    only = sys.argv[1] if len(sys.argv) > 1 else ""  # run the cases whose name contains this
+    cases = [(name, case) for name, case in cases if only in name]
     for name, case in cases:
         case()
         torch.cuda.synchronize()

@@ -42,10 +42,18 @@ INT4_DECODE_K_BLOCKS = 2
 INT4_WIDE_STAGES = 6
 INT4_SCALE_ALIGN = 8  # bytes: a row's 4 scales of one column group are one 8-byte cp.async
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync.aligned.m16n8k16 bf16 -> f32
+# WGMMA tiles (SM90, cute_moe.kernels.grouped_gemm_sm90): one producer warpgroup (TMA for the
+# weights, cp.async for the token rows) and MMA warpgroups of 64 weight rows each.
+MMA_KINDS = ("warp", "wgmma")
+WGMMA_M = 64  # weight rows of one warpgroup's wgmma.mma_async
+WGMMA_EPILOGUE_ROWS = 128
+PRODUCER_THREADS = 128
+BARRIER_BYTES = 128  # the ring's mbarriers, after the operand and epilogue buffers
 SHUFFLE_BLOCK = 32  # prepared rows are shuffled inside blocks of 32 (epilogue tile 128)
-VARIANTS = ("micro", "static", "dynamic")
+VARIANTS = ("micro", "static", "dynamic", "wgmma")
 SCHEDULES = ("m_fastest", "tiles_fastest", "persistent")
-SCHEDULE_OF_VARIANT = {"micro": "m_fastest", "static": "tiles_fastest", "dynamic": "persistent"}
+SCHEDULE_OF_VARIANT = {"micro": "m_fastest", "static": "tiles_fastest", "dynamic": "persistent",
+                       "wgmma": "persistent"}
 RASTER_TILES = 8  # persistent schedule: tiles per group
 SMEM_LIMIT = 227 * 1024  # opt-in shared memory per CTA on SM90 / SM100 (SM120: 99 KiB)
 SMEM_LIMIT_SM120 = 99 * 1024
@@ -77,8 +85,16 @@ class TileConfig:
     warps_m: int
     warps_n: int
     stages: int
+    mma: str = "warp"  # "warp": mma.sync on every arch; "wgmma": SM90 warpgroup MMA
 
     def __post_init__(self):
+        if self.mma not in MMA_KINDS:
+            raise ValueError(f"mma: expected one of {MMA_KINDS}, got {self.mma!r}")
+        if self.mma == "wgmma" and (self.warps_n != 1 or self.warps_m not in (4, 8) or self.bn < 16
+                                    or self.bm // (self.warps_m // 4 * WGMMA_M) not in (1, 2)):
+            raise ValueError(f"wgmma tile {self.bm}x{self.bn}: expected 4 or 8 x 1 warps (one or two warpgroups of "
+                             f"{WGMMA_M} or {2 * WGMMA_M} weight rows) and bn >= 16, got {self.warps_m} x "
+                             f"{self.warps_n}")
         if self.bm not in BM_CHOICES:
             raise ValueError(f"bm: expected one of {BM_CHOICES}, got {self.bm}")
         if self.bn not in BN_CHOICES:
@@ -95,7 +111,13 @@ class TileConfig:
 
     @property
     def threads(self) -> int:
+        """Threads that run the MMAs and the epilogue."""
         return 32 * self.warps_m * self.warps_n
+
+    @property
+    def cta_threads(self) -> int:
+        """Threads of a CTA: the MMA threads, plus the producer warpgroup of a wgmma tile."""
+        return self.threads + (PRODUCER_THREADS if self.mma == "wgmma" else 0)
 
     @property
     def warp_n(self) -> int:
@@ -136,22 +158,41 @@ class TileConfig:
         return Int4Smem(0, b, raw, scales, max(end, self.epilogue_bytes))
 
     @property
+    def epilogue_rows(self) -> int:
+        """Weight rows of the float32 epilogue tile. A wgmma tile keeps it next to the ring and
+        stores its m-block in passes: 128 rows, or 64 where 128 would not fit (a 4-stage
+        256x128 ring)."""
+        if self.mma != "wgmma":
+            return self.bm
+        rows = min(self.bm, WGMMA_EPILOGUE_ROWS)
+        ring = BARRIER_BYTES + self.stages * self.stage_bytes
+        if ring + self.bn * c_row_stride(rows) * 4 > SMEM_LIMIT:
+            rows = WGMMA_M
+        return rows
+
+    @property
     def epilogue_bytes(self) -> int:
-        return self.bn * c_row_stride(self.bm) * 4
+        return self.bn * c_row_stride(self.epilogue_rows) * 4
 
     @property
     def smem_bytes(self) -> int:
         """The cp.async ring; the float32 epilogue tile reuses it (bf16 weights; MXINT4:
-        :meth:`int4_smem_layout`)."""
+        :meth:`int4_smem_layout`). A wgmma tile keeps its epilogue tile apart: the producer
+        fills the ring for the next work item while the MMA warpgroups store this one."""
+        if self.mma == "wgmma":
+            return BARRIER_BYTES + self.stages * self.stage_bytes + self.epilogue_bytes
         return max(self.stages * self.stage_bytes, self.epilogue_bytes)
 
     def fits(self, arch: str, int4: bool = False) -> bool:
+        if self.mma == "wgmma" and (arch != "sm_90a" or int4):
+            return False
         limit = SMEM_LIMIT_SM120 if arch == "sm_120a" else SMEM_LIMIT
         return (self.int4_smem_layout().total if int4 else self.smem_bytes) <= limit
 
     @property
     def tag(self) -> str:
-        return f"{self.bm}x{self.bn}_w{self.warps_m}x{self.warps_n}_s{self.stages}"
+        kind = "_wgmma" if self.mma == "wgmma" else ""
+        return f"{self.bm}x{self.bn}_w{self.warps_m}x{self.warps_n}_s{self.stages}{kind}"
 
 
 @dataclass(frozen=True)
@@ -172,6 +213,10 @@ class GemmConfig:
             raise ValueError(f"FC1 and FC2 share the plan: bn must match, got {self.fc1.bn} and {self.fc2.bn}")
         if self.ctas_per_sm < 1:
             raise ValueError(f"ctas_per_sm: expected >= 1, got {self.ctas_per_sm}")
+        wgmma = self.variant == "wgmma"
+        if (self.fc1.mma == "wgmma") != wgmma or (self.fc2.mma == "wgmma") != wgmma:
+            raise ValueError(f"variant {self.variant!r} takes {'wgmma' if wgmma else 'warp'} tiles, got "
+                             f"{self.fc1.mma} / {self.fc2.mma}")
 
     @property
     def tile_rows(self) -> int:

@@ -60,6 +60,19 @@ INT4_BLOCK_BYTES = INT4_BLOCK_K // 2
 SCALE_TILE = 128  # rows of one 128x4 scale tile
 
 
+@cute.jit
+def raster(w: Int32, num_tiles: Int32, m_blocks: Int32):
+    """Work item ``w`` of a persistent schedule -> (plan tile, m-block): groups of RASTER_TILES
+    tiles, every m-block of a group before the next group, so that a wave of CTAs touches few
+    weight blocks and few token rows (both stay in L2)."""
+    group_items = RASTER_TILES * m_blocks
+    group = w // group_items
+    first = group * RASTER_TILES
+    size = cutlass.min(RASTER_TILES, num_tiles - first)
+    r = w - group * group_items
+    return first + r % size, r // size
+
+
 def _swizzle():
     # 16-byte chunk c of 128-byte row r lands at chunk c ^ (r % 8): ldmatrix reads of 8 rows at
     # one chunk column hit 8 distinct bank groups.
@@ -100,8 +113,7 @@ class GroupedGemm:
         self.b_partial = self.bn * CHUNKS_PER_ROW < self.threads  # only the first bn*8 threads load B
         # epilogue vectors: 8 output columns of one token row
         self.rows_per_vec = epi.GATED_ROWS if self.gated else epi.PLAIN_ROWS
-        self.vecs_per_row = self.bm // self.rows_per_vec
-        self.c_stride = c_row_stride(self.bm)
+        self.set_epilogue_rows(self.bm)
         self.int4 = bool(int4_weights)
         # k-blocks per ring stage and ring depth (bf16: one k-block per stage)
         self.kps = tile.int4_k_blocks_per_stage if self.int4 else 1
@@ -124,6 +136,13 @@ class GroupedGemm:
             self.dequant_units = self.bm * INT4_SCALES_PER_KB // self.threads
             self.a_slots = tile.int4_a_slots
             self.smem = tile.int4_smem_layout()
+
+    def set_epilogue_rows(self, rows: int):
+        """The epilogue tile ``sC`` holds ``rows`` weight rows (all ``bm`` here; the SM90
+        instantiation stores a 256-row m-block in two passes of 128)."""
+        self.epi_bm = rows
+        self.vecs_per_row = rows // self.rows_per_vec
+        self.c_stride = c_row_stride(rows)
 
     # ------------------------------------------------------------------ host side (jit)
 
@@ -205,15 +224,9 @@ class GroupedGemm:
                           top_k)
         else:
             num_ctas, _, _ = cute.arch.grid_dim()
-            group_items = RASTER_TILES * m_blocks
             for w in cutlass.range(bx, num_tiles * m_blocks, num_ctas):
-                # groups of RASTER_TILES tiles, every m-block of a group before the next group:
-                # a wave touches few weight blocks and few token rows (both stay in L2)
-                group = w // group_items
-                first = group * RASTER_TILES
-                size = cutlass.min(RASTER_TILES, num_tiles - first)
-                r = w - group * group_items
-                self.work(tiled_mma, first + r % size, r // size, tidx, sa_ptr, sb_ptr, sc_ptr, sq_ptr, ss_ptr, w_ptr,
+                tile, mb = raster(w, num_tiles, m_blocks)
+                self.work(tiled_mma, tile, mb, tidx, sa_ptr, sb_ptr, sc_ptr, sq_ptr, ss_ptr, w_ptr,
                           scale_ptr, x_ptr, out_ptr, lora_ptr, p2e, tile_info, alpha, beta, clamp, m, k, n_out,
                           top_k)
                 cute.arch.sync_threads()  # the next item's loads reuse the epilogue's shared memory
@@ -485,8 +498,9 @@ class GroupedGemm:
     def store_fc1(self, tidx: Int32, sc_ptr: cute.Pointer, expert: Int32, row0: Int32, nrows: Int32, mb: Int32,
                   out_ptr: cute.Pointer, lora_ptr: cute.Pointer, p2e: cute.Tensor, alpha: cute.Tensor,
                   beta: cute.Tensor, clamp: cute.Tensor, m: Int32, n_out: Int32):
-        """act[row0 + n, c .. c+8) for the vectors of this m-block (activation in float32); columns
-        past ``n_out`` belong to weight rows past M (a partial last m-block) and are skipped."""
+        """act[row0 + n, c .. c+8) for the vectors of ``epi_bm``-row block ``mb`` (activation in
+        float32); columns past ``n_out`` belong to weight rows past M (a partial last m-block) and
+        are skipped."""
         tasks = self.bn * self.vecs_per_row
         a_e = Float32(1.0)
         b_e = Float32(0.0)
@@ -502,9 +516,9 @@ class GroupedGemm:
             q = tidx + it * self.threads
             v = q % self.vecs_per_row
             n = q // self.vecs_per_row
-            col = mb * (self.bm // 2) + v * CHUNK  # first output column (intermediate index)
+            col = mb * (self.epi_bm // 2) + v * CHUNK  # first output column (intermediate index)
             if cutlass.const_expr(not self.gated):
-                col = mb * self.bm + v * CHUNK
+                col = mb * self.epi_bm + v * CHUNK
             if (q < tasks) & (n < nrows) & (col < n_out):
                 res = cute.make_rmem_tensor(CHUNK, Float32)
                 if cutlass.const_expr(self.gated):
@@ -549,14 +563,14 @@ class GroupedGemm:
     @cute.jit
     def store_fc2(self, tidx: Int32, sc_ptr: cute.Pointer, row0: Int32, nrows: Int32, mb: Int32,
                   out_ptr: cute.Pointer, m: Int32, n_out: Int32):
-        """gemm2_output[row0 + n, c .. c+8) for the unshuffled rows of this m-block."""
+        """gemm2_output[row0 + n, c .. c+8) for the unshuffled rows of ``epi_bm``-row block ``mb``."""
         tasks = self.bn * self.vecs_per_row
         out_vec = cute.make_layout(CHUNK)
         for it in cutlass.range_constexpr((tasks + self.threads - 1) // self.threads):
             q = tidx + it * self.threads
             v = q % self.vecs_per_row
             n = q // self.vecs_per_row
-            col = mb * self.bm + v * CHUNK
+            col = mb * self.epi_bm + v * CHUNK
             if (q < tasks) & (n < nrows) & (col < m):
                 vals = cute.make_rmem_tensor((2, 4), Float32)
                 src = sc_ptr + cute.assume(n * self.c_stride + epi.plain_base(v), divby=2)

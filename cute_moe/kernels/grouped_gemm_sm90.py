@@ -1,0 +1,298 @@
+"""SM90 instantiation of the grouped GEMM: warp-specialized TMA + WGMMA mainloop, same epilogue.
+
+Computes exactly what ``GroupedGemm`` computes (cute_moe.kernels.grouped_gemm: inputs, plan,
+outputs, epilogue); only the mainloop differs, so it subclasses the template and replaces the
+launch, the kernel body and the mainloop. A work item is one (plan tile, m-block): ``bm`` weight
+rows (64 or 128 per MMA warpgroup: one or two m64 wgmma per k-step) by ``bn`` permuted token rows.
+
+Warp roles (``cta_threads = 128 + 128 * warpgroups``):
+
+* warpgroup 0, the producer (``setmaxnreg`` down to PRODUCER_REGS): for every k-block of a work
+  item it waits for a free ring slot, then one thread arms the slot's ``full`` barrier with the
+  weight bytes and issues one TMA box (the ``bm x 64`` BlockMajorK block: ``bm`` rows of 128
+  bytes, 128-byte swizzle), while all 128 threads gather the ``bn`` token rows with 16-byte
+  ``cp.async`` into the same swizzled layout (TMA cannot gather rows on SM90; FC1 reads
+  ``hidden_states`` through the plan's permutation, FC2 contiguous ``act`` rows) and signal the
+  barrier with ``cp.async.mbarrier.arrive.noinc``;
+* warpgroups 1.. the consumers (``setmaxnreg`` up to MMA_REGS): wait on ``full``, issue the k-block's
+  4 ``wgmma.mma_async`` (m64 x bn x k16, bf16 -> f32, both operands from shared memory), keep one
+  wgmma group in flight and release the previous slot on its ``empty`` barrier; after the last
+  k-block the accumulators go to the float32 epilogue tile ``sC[n, p]`` and the template's
+  epilogue (un-shuffle, activation, LoRA, bf16 stores of valid rows) runs on the consumer
+  threads, while the producer already fills the ring for the next work item.
+
+Schedule: persistent CTAs over ``num_tiles * m_blocks`` items (``num_tiles`` read on the device,
+CUDA-graph safe), rastered like the warp-MMA persistent schedule (grouped_gemm.raster).
+"""
+
+from __future__ import annotations
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.pipeline
+import cutlass.memory
+import cutlass.utils
+import cutlass.utils.hopper_helpers as sm90_utils
+import cuda.bindings.driver as cuda
+from cutlass import BFloat16, Float32, Int32
+
+from .gemm_config import BK, PRODUCER_THREADS, SMEM_LIMIT, WGMMA_M, TileConfig, c_row_stride
+from .grouped_gemm import CHUNK, CHUNKS_PER_ROW, SMEM_ALIGN, GroupedGemm, raster
+
+PRODUCER_REGS = 40  # the producer computes addresses only
+# Registers per MMA thread after setmaxnreg, by MMA warpgroups: two (384 threads, one CTA per SM,
+# 168 each at launch) or one (256 threads, two CTAs per SM: 128 at launch, so that one CTA's
+# epilogue overlaps the other's mainloop). Both give back what the producer releases.
+MMA_REGS = {2: 232, 1: 216}
+CTAS_PER_SM = {2: 1, 1: 2}
+EPILOGUE_BARRIER = 1  # named barrier of the MMA threads (0 is sync_threads)
+
+
+class WgmmaGroupedGemm(GroupedGemm):
+    """``GroupedGemm`` with a TMA + WGMMA warp-specialized mainloop (SM90 only, bf16 weights).
+    Same constructor and launch arguments; ``tile.mma`` must be "wgmma"."""
+
+    def __init__(self, op: str, tile: TileConfig, schedule: str, *args, int4_weights: bool = False, **kwargs):
+        if tile.mma != "wgmma":
+            raise ValueError(f"WgmmaGroupedGemm takes a wgmma tile, got {tile}")
+        if int4_weights:
+            raise ValueError("WgmmaGroupedGemm: MXINT4 weights run on the warp-MMA family")
+        if schedule != "persistent":
+            raise ValueError(f"WgmmaGroupedGemm: the schedule is persistent, got {schedule!r}")
+        super().__init__(op, tile, schedule, *args, **kwargs)
+        self.cta_threads = tile.cta_threads
+        self.warpgroups = tile.threads // 128
+        self.mma_regs = MMA_REGS[self.warpgroups]
+        self.min_ctas = CTAS_PER_SM[self.warpgroups]
+        # the epilogue tile holds epi_bm rows: m-block rows [h * epi_bm, (h+1) * epi_bm) in pass h.
+        # Accumulator m-repeat j holds rows [j * rep_rows, (j+1) * rep_rows), 64 per warpgroup: a
+        # pass takes whole repeats, or (64-row passes of two warpgroups) one warpgroup's part
+        self.set_epilogue_rows(tile.epilogue_rows)
+        self.passes = self.bm // self.epi_bm
+        rep_rows = self.warpgroups * WGMMA_M
+        self.reps_per_pass = max(1, self.epi_bm // rep_rows)
+        self.split_reps = self.epi_bm < rep_rows
+        self.b_loads = self.bn * CHUNKS_PER_ROW // PRODUCER_THREADS  # 16-byte chunks per producer thread
+        if self.bn * CHUNKS_PER_ROW % PRODUCER_THREADS:
+            raise ValueError(f"wgmma tile: bn = {self.bn} token rows do not split over the producer warpgroup")
+        self.a_bytes = self.bm * BK * 2
+        if tile.smem_bytes > SMEM_LIMIT:
+            raise ValueError(f"tile {tile} needs {tile.smem_bytes} bytes of shared memory (> {SMEM_LIMIT})")
+
+    # ------------------------------------------------------------------ host side (jit)
+
+    @cute.jit
+    def __call__(self, w_ptr: cute.Pointer, scale_ptr: cute.Pointer, x_ptr: cute.Pointer, p2e_ptr: cute.Pointer,
+                 tile_info_ptr: cute.Pointer,
+                 counters_ptr: cute.Pointer, out_ptr: cute.Pointer, lora_ptr: cute.Pointer, alpha_ptr: cute.Pointer,
+                 beta_ptr: cute.Pointer, clamp_ptr: cute.Pointer, m: Int32, k: Int32, n_out: Int32, top_k: Int32,
+                 num_experts: Int32, max_tiles: Int32, num_ctas: Int32, use_pdl: Int32, stream: cuda.CUstream):
+        """Arguments as GroupedGemm.__call__ (``scale_ptr`` unused)."""
+        major = cutlass.utils.LayoutEnum.ROW_MAJOR  # both operands K-major
+        tiler = (self.bm, self.bn, BK)
+        a_layout = sm90_utils.make_smem_layout_a(major, tiler, BFloat16, self.stages)
+        b_layout = sm90_utils.make_smem_layout_b(major, tiler, BFloat16, self.stages)
+        tiled_mma = sm90_utils.make_trivial_tiled_mma(
+            BFloat16, BFloat16, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
+            Float32, (self.warpgroups, 1, 1), tiler_mn=(64, self.bn))
+        # The prepared weights [L, K/64, M, 64] as (M, (64, K/64), L): one k-block of an m-block is
+        # the TMA box (bm, 64), bm rows of 128 contiguous bytes
+        k_blocks = k // BK
+        weights = cute.make_tensor(w_ptr, cute.make_layout((m, (BK, k_blocks), num_experts),
+                                                           stride=(BK, (1, m * BK), m * k)))
+        tma_atom, tma_weights = cute.nvgpu.cpasync.make_tiled_tma_atom(
+            cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp(), weights, cute.slice_(a_layout, (None, None, 0)),
+            (self.bm, BK))
+
+        tile_info = cute.make_tensor(tile_info_ptr, cute.make_layout((max_tiles, 4), stride=(4, 1)))
+        counters = cute.make_tensor(counters_ptr, cute.make_layout(4))
+        p2e = cute.make_tensor(p2e_ptr, cute.make_layout(max_tiles * self.bn))
+        per_expert = cute.make_layout(num_experts)
+        alpha = cute.make_tensor(alpha_ptr, per_expert)
+        beta = cute.make_tensor(beta_ptr, per_expert)
+        clamp = cute.make_tensor(clamp_ptr, per_expert)
+
+        stages, c_floats = self.stages, self.bn * c_row_stride(self.epi_bm)
+
+        @cute.struct
+        class Storage:
+            sA: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(a_layout)], SMEM_ALIGN]
+            sB: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(b_layout)], SMEM_ALIGN]
+            sC: cute.struct.Align[cute.struct.MemRange[Float32, c_floats], 16]
+            full: cute.struct.MemRange[cutlass.Int64, stages]
+            empty: cute.struct.MemRange[cutlass.Int64, stages]
+
+        self.storage = Storage
+        self.kernel(tiled_mma, tma_atom, tma_weights, a_layout, b_layout, x_ptr, out_ptr, lora_ptr, p2e, tile_info,
+                    counters, alpha, beta, clamp, m, k, n_out, top_k).launch(
+            grid=[num_ctas, 1, 1], block=[self.cta_threads, 1, 1], stream=stream, use_pdl=use_pdl,
+            min_blocks_per_mp=self.min_ctas, preferred_smem_carveout=100)  # all of the SM's memory as shared
+
+    # ------------------------------------------------------------------ device side
+
+    @cute.kernel
+    def kernel(self, tiled_mma: cute.TiledMma, tma_atom: cute.CopyAtom, tma_weights: cute.Tensor,
+               a_layout: cute.ComposedLayout, b_layout: cute.ComposedLayout, x_ptr: cute.Pointer,
+               out_ptr: cute.Pointer, lora_ptr: cute.Pointer, p2e: cute.Tensor, tile_info: cute.Tensor,
+               counters: cute.Tensor, alpha: cute.Tensor, beta: cute.Tensor, clamp: cute.Tensor, m: Int32, k: Int32,
+               n_out: Int32, top_k: Int32):
+        tidx, _, _ = cute.arch.thread_idx()
+        bx, _, _ = cute.arch.block_idx()
+        num_ctas, _, _ = cute.arch.grid_dim()
+        warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        if warp == 0:
+            cute.nvgpu.cpasync.prefetch_descriptor(tma_atom)
+
+        storage = cutlass.memory.SmemAllocator().allocate(self.storage)
+        full = storage.full.data_ptr()
+        empty = storage.empty.data_ptr()
+        if warp == 0:
+            with cute.arch.elect_one():
+                for s in cutlass.range_constexpr(self.stages):
+                    # full: the TMA thread's arrive (+ its bytes) and one cp.async arrive per producer thread
+                    cute.arch.mbarrier_init(full + s, 1 + PRODUCER_THREADS)
+                    cute.arch.mbarrier_init(empty + s, self.threads)
+        cute.arch.mbarrier_init_fence()
+        cute.arch.sync_threads()
+        # Programmatic dependent launch: nothing is read before the previous kernel completed
+        cute.arch.griddepcontrol_wait()
+        cute.arch.griddepcontrol_launch_dependents()
+
+        num_tiles = counters[0]
+        m_blocks = (m + self.bm - 1) // self.bm
+        items = num_tiles * m_blocks
+        k_blocks = k // BK
+        sA = storage.sA.get_tensor(a_layout.outer, swizzle=a_layout.inner)
+        sB = storage.sB.get_tensor(b_layout.outer, swizzle=b_layout.inner)
+
+        if warp < PRODUCER_THREADS // 32:
+            cute.arch.setmaxregister_decrease(PRODUCER_REGS)
+            self.produce(tidx, warp, bx, num_ctas, items, num_tiles, m_blocks, k_blocks, tma_atom, tma_weights, sA,
+                         storage.sB.data_ptr(), full, empty, x_ptr, p2e, tile_info, k, top_k)
+        else:
+            cute.arch.setmaxregister_increase(self.mma_regs)
+            self.consume(tidx - PRODUCER_THREADS, bx, num_ctas, items, num_tiles, m_blocks, k_blocks, tiled_mma, sA,
+                         sB, storage.sC.data_ptr(), full, empty, out_ptr, lora_ptr, p2e, tile_info, alpha, beta,
+                         clamp, m, n_out)
+
+    @cute.jit
+    def produce(self, tidx: Int32, warp: Int32, bx: Int32, num_ctas: Int32, items: Int32, num_tiles: Int32,
+                m_blocks: Int32, k_blocks: Int32, tma_atom: cute.CopyAtom, tma_weights: cute.Tensor,
+                sA: cute.Tensor, sb_ptr: cute.Pointer, full: cute.Pointer, empty: cute.Pointer, x_ptr: cute.Pointer,
+                p2e: cute.Tensor, tile_info: cute.Tensor, k: Int32, top_k: Int32):
+        """Fill ring slot after ring slot: k-block ``kb`` of item ``w`` -> slot ``(count) % stages``."""
+        g_w = cute.local_tile(tma_weights, (self.bm, BK), (None, None, None))  # (bm, 64, m-block, k-block, L)
+        tAsA, tAgA = cute.nvgpu.cpasync.tma_partition(tma_atom, 0, cute.make_layout(1), cute.group_modes(sA, 0, 2),
+                                                      cute.group_modes(g_w, 0, 2))
+        g2s = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.GLOBAL),
+                                  BFloat16, num_bits_per_copy=128)
+        vec = cute.make_layout(CHUNK)
+        chunk = tidx % CHUNKS_PER_ROW
+        row_in = tidx // CHUNKS_PER_ROW
+        row_step = PRODUCER_THREADS // CHUNKS_PER_ROW
+        stage = Int32(0)
+        phase = Int32(1)  # the first pass over the ring finds every slot free
+        for w in cutlass.range(bx, items, num_ctas, unroll=1):
+            tile, mb = raster(w, num_tiles, m_blocks)
+            expert = tile_info[tile, 0]
+            row0 = tile_info[tile, 1]
+            # token rows of this thread (padding rows of FC1 read token 0 and are never stored)
+            b_src = []
+            b_dst = []
+            for i in cutlass.range_constexpr(self.b_loads):
+                r = row_in + i * row_step
+                src_row = row0 + r
+                if cutlass.const_expr(self.is_fc1):
+                    src_row = cutlass.max(p2e[row0 + r], Int32(0)) // top_k
+                b_src.append(x_ptr + cute.assume(src_row * k + chunk * CHUNK, divby=CHUNK))
+                b_dst.append(cute.assume(r * BK + (chunk ^ (r % 8)) * CHUNK, divby=CHUNK))
+            for kb in cutlass.range(k_blocks, unroll=1):
+                cute.arch.mbarrier_wait(empty + stage, phase)
+                if warp == 0:
+                    with cute.arch.elect_one():
+                        cute.arch.mbarrier_arrive_and_expect_tx(full + stage, self.a_bytes)
+                    cute.copy(tma_atom, tAgA[(None, mb, kb, expert)], tAsA[(None, stage)], tma_bar_ptr=full + stage)
+                b_stage = stage * (self.bn * BK)
+                b_kb = cute.assume(kb * BK, divby=CHUNK)
+                for i in cutlass.range_constexpr(self.b_loads):
+                    cute.copy(g2s, cute.make_tensor(b_src[i] + b_kb, vec),
+                              cute.make_tensor(sb_ptr + cute.assume(b_stage + b_dst[i], divby=CHUNK), vec))
+                cute.arch.cp_async_mbarrier_arrive_noinc(full + stage)
+                stage = stage + 1
+                if stage == self.stages:
+                    stage = Int32(0)
+                    phase = phase ^ 1
+
+    @cute.jit
+    def consume(self, tidx: Int32, bx: Int32, num_ctas: Int32, items: Int32, num_tiles: Int32, m_blocks: Int32,
+                k_blocks: Int32, tiled_mma: cute.TiledMma, sA: cute.Tensor, sB: cute.Tensor, sc_ptr: cute.Pointer,
+                full: cute.Pointer, empty: cute.Pointer, out_ptr: cute.Pointer, lora_ptr: cute.Pointer,
+                p2e: cute.Tensor, tile_info: cute.Tensor, alpha: cute.Tensor, beta: cute.Tensor,
+                clamp: cute.Tensor, m: Int32, n_out: Int32):
+        """WGMMA over the ring, then the template's epilogue; ``tidx`` counts the MMA threads."""
+        thr_mma = tiled_mma.get_slice(tidx)
+        tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))
+        tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sB))
+        acc = cute.make_rmem_tensor(thr_mma.partition_shape_C((self.bm, self.bn)), Float32)
+        # (bm, bn) view of the epi_bm-row tile: the passes alias one buffer
+        sC = cute.make_tensor(sc_ptr, cute.make_layout(((self.epi_bm, self.passes), self.bn),
+                                                       stride=((1, 0), self.c_stride)))
+        tCsC = thr_mma.partition_C(sC)
+        k_steps = cute.size(tCrA, mode=[2])
+        warpgroup = cute.arch.make_warp_uniform(tidx // 128)
+        epilogue_sync = cutlass.pipeline.NamedBarrier(barrier_id=EPILOGUE_BARRIER, num_threads=self.threads)
+        tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
+        stage = Int32(0)
+        phase = Int32(0)
+        for w in cutlass.range(bx, items, num_ctas, unroll=1):
+            tile, mb = raster(w, num_tiles, m_blocks)
+            acc.fill(0.0)
+            prev = Int32(0)
+            for kb in cutlass.range(k_blocks, unroll=1):
+                cute.arch.mbarrier_wait(full + stage, phase)
+                # the token rows arrived through cp.async (generic proxy); wgmma reads them through
+                # the async proxy
+                cute.arch.fence_proxy("async.shared", space="cta")
+                cute.nvgpu.warpgroup.fence()
+                for kk in cutlass.range_constexpr(k_steps):
+                    cute.gemm(tiled_mma, acc, tCrA[(None, None, kk, stage)], tCrB[(None, None, kk, stage)], acc)
+                cute.nvgpu.warpgroup.commit_group()
+                # the group of k-block kb - 1 has finished: its slot goes back to the producer
+                cute.nvgpu.warpgroup.wait_group(1)
+                if kb > 0:
+                    cute.arch.mbarrier_arrive(empty + prev)
+                prev = stage
+                stage = stage + 1
+                if stage == self.stages:
+                    stage = Int32(0)
+                    phase = phase ^ 1
+            cute.nvgpu.warpgroup.wait_group(0)
+            cute.arch.mbarrier_arrive(empty + prev)
+
+            # ---- epilogue: accumulators -> sC[n, p] -> the template's stores, one pass per epi_bm rows
+            expert = tile_info[tile, 0]
+            row0 = tile_info[tile, 1]
+            nrows = tile_info[tile, 2]
+            for h in cutlass.range_constexpr(self.passes):
+                epilogue_sync.arrive_and_wait()  # the previous pass's stores have read sC
+                if cutlass.const_expr(self.split_reps):
+                    if warpgroup == h % self.warpgroups:
+                        self.stage_rep(acc, tCsC, h // self.warpgroups)
+                else:
+                    for j in cutlass.range_constexpr(self.reps_per_pass):
+                        self.stage_rep(acc, tCsC, h * self.reps_per_pass + j)
+                epilogue_sync.arrive_and_wait()
+                block = mb * self.passes + h
+                if cutlass.const_expr(self.is_fc1):
+                    self.store_fc1(tidx, sc_ptr, expert, row0, nrows, block, out_ptr, lora_ptr, p2e, alpha, beta,
+                                   clamp, m, n_out)
+                else:
+                    self.store_fc2(tidx, sc_ptr, row0, nrows, block, out_ptr, m, n_out)
+
+    @cute.jit
+    def stage_rep(self, acc: cute.Tensor, tCsC: cute.Tensor, rep: cutlass.Constexpr):
+        """Accumulator m-repeat ``rep`` -> its rows of the epilogue tile."""
+        acc_rep = acc[(None, rep, None)]
+        sc_rep = tCsC[(None, rep, None)]
+        for i in cutlass.range(cute.size(acc_rep), unroll_full=True):
+            sc_rep[i] = acc_rep[i]
