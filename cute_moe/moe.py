@@ -19,8 +19,8 @@ Their padding follows cute_moe's own tile height, so index through the map.
 
 ``enable_pdl`` and ``tune_max_num_tokens`` only steer FlashInfer's launcher and autotuner; they are
 accepted and ignored. ``gemm_variant`` (keyword, cute_moe only) forces a grouped-GEMM variant
-(``"micro"``, ``"static"``, ``"dynamic"``); the ``CUTE_MOE_GEMM_VARIANT`` environment variable
-does the same for every call.
+(``"micro"``, ``"static"``, ``"dynamic"``, and on sm_90a with bf16 weights ``"wgmma"``); the
+``CUTE_MOE_GEMM_VARIANT`` environment variable does the same for every call.
 
 Every call validates its arguments before launching anything, never reads device memory on the
 host, and allocates only buffers whose sizes follow from the shapes: it can be captured in a

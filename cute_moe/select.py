@@ -9,7 +9,8 @@ made from the expected routed rows per local expert, ``rows = T * top_k / L``:
   whose bound is ``>= rows``: padding each expert to a multiple of ``bn`` wastes little;
 * the FC1 / FC2 tiles: ``TILES[arch][(variant, bn)]``.
 
-``CUTE_MOE_GEMM_VARIANT=micro|static|dynamic`` or the ``variant`` argument forces the variant.
+``CUTE_MOE_GEMM_VARIANT=micro|static|dynamic|wgmma`` or the ``variant`` argument forces the variant
+(``wgmma``: sm_90a and bf16 weights only; MXINT4 weights use the warp-MMA table on every arch).
 """
 
 from __future__ import annotations

@@ -406,7 +406,8 @@ def _config(case: Case) -> GemmConfig:
         fc1, fc2, ctas, pdl = TILES["sm_90a"][case.tile]
         return GemmConfig(case.tile[0], fc1, fc2, ctas, pdl)
     return select_config(num_tokens=case.tokens, top_k=case.top_k, hidden_size=h, intermediate_size=i,
-                         local_num_experts=case.num_local, device=torch.device("cuda"), variant=case.variant)
+                         local_num_experts=case.num_local, device=torch.device("cuda"), variant=case.variant,
+                         weight_kind="mxint4" if case.int4 else "bf16")
 
 
 def _rows_of(plan):

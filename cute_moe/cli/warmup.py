@@ -26,7 +26,7 @@ def _parse_args(argv):
     p.add_argument("--weights", choices=("bf16", "mxint4"), help="weight format (default: the preset's, or bf16)")
     p.add_argument("--tokens", type=lambda s: [int(x) for x in s.split(",")], default=list(DEFAULT_TOKENS),
                    help="comma-separated token counts the model will see (default %(default)s)")
-    p.add_argument("--variants", action="store_true", help="also every forced GEMM variant (micro, static, dynamic)")
+    p.add_argument("--variants", action="store_true", help="also every forced GEMM variant (micro, static, dynamic; wgmma on sm_90a)")
     p.add_argument("--arch", choices=("sm_90a", "sm_100a", "sm_120a"),
                    help="target arch (default: the local GPU's; required without a GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
               "--arch sm_90a|sm_100a|sm_120a", file=sys.stderr)
         return 2
     model = _model(args)
-    variants = (None, "micro", "static", "dynamic") if args.variants else (None,)
+    variants = (None, "micro", "static", "dynamic", "wgmma") if args.variants else (None,)
     report = warmup(arch=args.arch, progress=not args.quiet, tokens=args.tokens, gemm_variants=variants, **model)
     where = disk_cache.default_root() if disk_cache.cache_enabled() else "off (CUTE_MOE_CACHE=0)"
     print(f"{report.summary()}; cache: {where}")

@@ -16,6 +16,9 @@ Variants (all one kernel template; cute_moe/kernels/grouped_gemm.py):
 * ``dynamic``: persistent CTAs (``ctas_per_sm`` per SM) striding over the (tile, m-block) work
   list in groups of ``RASTER_TILES`` tiles, all m-blocks of a group before the next group.
 
+* ``wgmma`` (SM90, bf16 weights): the persistent schedule of ``dynamic`` on the TMA + WGMMA
+  warp-specialized instantiation (cute_moe/kernels/grouped_gemm_sm90.py), ``mma = "wgmma"`` tiles.
+
 Every CTA reads ``num_tiles`` on the device and skips tiles past it.
 """
 
