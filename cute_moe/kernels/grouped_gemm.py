@@ -146,6 +146,18 @@ class GroupedGemm:
 
     # ------------------------------------------------------------------ host side (jit)
 
+    def plan_views(self, tile_info_ptr: cute.Pointer, counters_ptr: cute.Pointer, p2e_ptr: cute.Pointer,
+                   alpha_ptr: cute.Pointer, beta_ptr: cute.Pointer, clamp_ptr: cute.Pointer, max_tiles: Int32,
+                   num_experts: Int32):
+        """Tensors over the plan (tile list, counters, permutation) and the per-expert SwiGLU
+        parameters, as every instantiation's kernel reads them."""
+        per_expert = cute.make_layout(num_experts)
+        return (cute.make_tensor(tile_info_ptr, cute.make_layout((max_tiles, 4), stride=(4, 1))),
+                cute.make_tensor(counters_ptr, cute.make_layout(4)),
+                cute.make_tensor(p2e_ptr, cute.make_layout(max_tiles * self.bn)),
+                cute.make_tensor(alpha_ptr, per_expert), cute.make_tensor(beta_ptr, per_expert),
+                cute.make_tensor(clamp_ptr, per_expert))
+
     @cute.jit
     def __call__(self, w_ptr: cute.Pointer, scale_ptr: cute.Pointer, x_ptr: cute.Pointer, p2e_ptr: cute.Pointer,
                  tile_info_ptr: cute.Pointer,
@@ -161,13 +173,8 @@ class GroupedGemm:
         tiled_mma = cute.make_tiled_mma(
             op, cute.make_layout((self.tile.warps_m, self.tile.warps_n, 1)),
             permutation_mnk=(self.tile.warps_m * MMA_M, self.tile.warps_n * MMA_N * self.tile.n_perm, MMA_K))
-        tile_info = cute.make_tensor(tile_info_ptr, cute.make_layout((max_tiles, 4), stride=(4, 1)))
-        counters = cute.make_tensor(counters_ptr, cute.make_layout(4))
-        p2e = cute.make_tensor(p2e_ptr, cute.make_layout(max_tiles * self.bn))
-        per_expert = cute.make_layout(num_experts)
-        alpha = cute.make_tensor(alpha_ptr, per_expert)
-        beta = cute.make_tensor(beta_ptr, per_expert)
-        clamp = cute.make_tensor(clamp_ptr, per_expert)
+        tile_info, counters, p2e, alpha, beta, clamp = self.plan_views(
+            tile_info_ptr, counters_ptr, p2e_ptr, alpha_ptr, beta_ptr, clamp_ptr, max_tiles, num_experts)
         m_blocks = (m + self.bm - 1) // self.bm
         grid = [max_tiles, m_blocks, 1]
         if cutlass.const_expr(self.schedule == "m_fastest"):

@@ -104,13 +104,8 @@ class WgmmaGroupedGemm(GroupedGemm):
             cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp(), weights, cute.slice_(a_layout, (None, None, 0)),
             (self.bm, BK))
 
-        tile_info = cute.make_tensor(tile_info_ptr, cute.make_layout((max_tiles, 4), stride=(4, 1)))
-        counters = cute.make_tensor(counters_ptr, cute.make_layout(4))
-        p2e = cute.make_tensor(p2e_ptr, cute.make_layout(max_tiles * self.bn))
-        per_expert = cute.make_layout(num_experts)
-        alpha = cute.make_tensor(alpha_ptr, per_expert)
-        beta = cute.make_tensor(beta_ptr, per_expert)
-        clamp = cute.make_tensor(clamp_ptr, per_expert)
+        tile_info, counters, p2e, alpha, beta, clamp = self.plan_views(
+            tile_info_ptr, counters_ptr, p2e_ptr, alpha_ptr, beta_ptr, clamp_ptr, max_tiles, num_experts)
 
         stages, c_floats = self.stages, self.bn * c_row_stride(self.epi_bm)
 
