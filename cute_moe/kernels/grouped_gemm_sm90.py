@@ -15,8 +15,7 @@ Warp roles (``cta_threads = 128 + 128 * warpgroups``):
   ``hidden_states`` through the plan's permutation, FC2 contiguous ``act`` rows) and signal the
   barrier with ``cp.async.mbarrier.arrive.noinc``;
 * warpgroups 1.. the consumers (``setmaxnreg`` up to MMA_REGS): wait on ``full``, issue the k-block's
-  ``wgmma.mma_async`` (m64 x bn x k16, bf16 -> f32, both operands from shared memory; m64 x bn/2 for
-  a tile of at most bn/2 rows, an expert's partial last tile, whose other rows are not loaded), keep one
+  4 ``wgmma.mma_async`` (m64 x bn x k16, bf16 -> f32, both operands from shared memory), keep one
   wgmma group in flight and release the previous slot on its ``empty`` barrier; after the last
   k-block the accumulators go to the float32 epilogue tile ``sC[n, p]`` and the template's
   epilogue (un-shuffle, activation, LoRA, bf16 stores of valid rows) runs on the consumer
@@ -93,9 +92,9 @@ class WgmmaGroupedGemm(GroupedGemm):
         tiler = (self.bm, self.bn, BK)
         a_layout = sm90_utils.make_smem_layout_a(major, tiler, BFloat16, self.stages)
         b_layout = sm90_utils.make_smem_layout_b(major, tiler, BFloat16, self.stages)
-        tiled_mma, tiled_mma_half = (sm90_utils.make_trivial_tiled_mma(
+        tiled_mma = sm90_utils.make_trivial_tiled_mma(
             BFloat16, BFloat16, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
-            Float32, (self.warpgroups, 1, 1), tiler_mn=(64, width)) for width in (self.bn, self.bn // 2))
+            Float32, (self.warpgroups, 1, 1), tiler_mn=(64, self.bn))
         # The prepared weights [L, K/64, M, 64] as (M, (64, K/64), L): one k-block of an m-block is
         # the TMA box (bm, 64), bm rows of 128 contiguous bytes
         k_blocks = k // BK
@@ -119,7 +118,7 @@ class WgmmaGroupedGemm(GroupedGemm):
             empty: cute.struct.MemRange[cutlass.Int64, stages]
 
         self.storage = Storage
-        self.kernel(tiled_mma, tiled_mma_half, tma_atom, tma_weights, a_layout, b_layout, x_ptr, out_ptr, lora_ptr, p2e, tile_info,
+        self.kernel(tiled_mma, tma_atom, tma_weights, a_layout, b_layout, x_ptr, out_ptr, lora_ptr, p2e, tile_info,
                     counters, alpha, beta, clamp, m, k, n_out, top_k).launch(
             grid=[num_ctas, 1, 1], block=[self.cta_threads, 1, 1], stream=stream, use_pdl=use_pdl,
             min_blocks_per_mp=self.min_ctas, preferred_smem_carveout=100)  # all of the SM's memory as shared
@@ -127,7 +126,7 @@ class WgmmaGroupedGemm(GroupedGemm):
     # ------------------------------------------------------------------ device side
 
     @cute.kernel
-    def kernel(self, tiled_mma: cute.TiledMma, tiled_mma_half: cute.TiledMma, tma_atom: cute.CopyAtom, tma_weights: cute.Tensor,
+    def kernel(self, tiled_mma: cute.TiledMma, tma_atom: cute.CopyAtom, tma_weights: cute.Tensor,
                a_layout: cute.ComposedLayout, b_layout: cute.ComposedLayout, x_ptr: cute.Pointer,
                out_ptr: cute.Pointer, lora_ptr: cute.Pointer, p2e: cute.Tensor, tile_info: cute.Tensor,
                counters: cute.Tensor, alpha: cute.Tensor, beta: cute.Tensor, clamp: cute.Tensor, m: Int32, k: Int32,
@@ -167,9 +166,9 @@ class WgmmaGroupedGemm(GroupedGemm):
                          storage.sB.data_ptr(), full, empty, x_ptr, p2e, tile_info, k, top_k)
         else:
             cute.arch.setmaxregister_increase(self.mma_regs)
-            self.consume(tidx - PRODUCER_THREADS, bx, num_ctas, items, num_tiles, m_blocks, k_blocks, tiled_mma,
-                         tiled_mma_half, sA, sB, storage.sC.data_ptr(), full, empty, out_ptr, lora_ptr, p2e,
-                         tile_info, alpha, beta, clamp, m, n_out)
+            self.consume(tidx - PRODUCER_THREADS, bx, num_ctas, items, num_tiles, m_blocks, k_blocks, tiled_mma, sA,
+                         sB, storage.sC.data_ptr(), full, empty, out_ptr, lora_ptr, p2e, tile_info, alpha, beta,
+                         clamp, m, n_out)
 
     @cute.jit
     def produce(self, tidx: Int32, warp: Int32, bx: Int32, num_ctas: Int32, items: Int32, num_tiles: Int32,
@@ -192,14 +191,9 @@ class WgmmaGroupedGemm(GroupedGemm):
             tile, mb = raster(w, num_tiles, m_blocks)
             expert = tile_info[tile, 0]
             row0 = tile_info[tile, 1]
-            # the consumers read the first half of the rows when the tile has no more (consume)
-            width = self.bn
-            if tile_info[tile, 2] <= self.bn // 2:
-                width = self.bn // 2
             # token rows of this thread (padding rows of FC1 read token 0 and are never stored)
             b_src = []
             b_dst = []
-            b_ok = []
             for i in cutlass.range_constexpr(self.b_loads):
                 r = row_in + i * row_step
                 src_row = row0 + r
@@ -207,7 +201,6 @@ class WgmmaGroupedGemm(GroupedGemm):
                     src_row = cutlass.max(p2e[row0 + r], Int32(0)) // top_k
                 b_src.append(x_ptr + cute.assume(src_row * k + chunk * CHUNK, divby=CHUNK))
                 b_dst.append(cute.assume(r * BK + (chunk ^ (r % 8)) * CHUNK, divby=CHUNK))
-                b_ok.append(r < width)
             for kb in cutlass.range(k_blocks, unroll=1):
                 cute.arch.mbarrier_wait(empty + stage, phase)
                 if warp == 0:
@@ -217,9 +210,8 @@ class WgmmaGroupedGemm(GroupedGemm):
                 b_stage = stage * (self.bn * BK)
                 b_kb = cute.assume(kb * BK, divby=CHUNK)
                 for i in cutlass.range_constexpr(self.b_loads):
-                    if b_ok[i]:
-                        cute.copy(g2s, cute.make_tensor(b_src[i] + b_kb, vec),
-                                  cute.make_tensor(sb_ptr + cute.assume(b_stage + b_dst[i], divby=CHUNK), vec))
+                    cute.copy(g2s, cute.make_tensor(b_src[i] + b_kb, vec),
+                              cute.make_tensor(sb_ptr + cute.assume(b_stage + b_dst[i], divby=CHUNK), vec))
                 cute.arch.cp_async_mbarrier_arrive_noinc(full + stage)
                 stage = stage + 1
                 if stage == self.stages:
@@ -228,101 +220,69 @@ class WgmmaGroupedGemm(GroupedGemm):
 
     @cute.jit
     def consume(self, tidx: Int32, bx: Int32, num_ctas: Int32, items: Int32, num_tiles: Int32, m_blocks: Int32,
-                k_blocks: Int32, tiled_mma: cute.TiledMma, tiled_mma_half: cute.TiledMma, sA: cute.Tensor,
-                sB: cute.Tensor, sc_ptr: cute.Pointer, full: cute.Pointer, empty: cute.Pointer, out_ptr: cute.Pointer,
-                lora_ptr: cute.Pointer, p2e: cute.Tensor, tile_info: cute.Tensor, alpha: cute.Tensor,
-                beta: cute.Tensor, clamp: cute.Tensor, m: Int32, n_out: Int32):
-        """WGMMA over the ring, then the template's epilogue; ``tidx`` counts the MMA threads. A tile
-        of at most ``bn / 2`` rows (an expert's last, partial tile) runs the half-width MMA over the
-        first half of its token rows."""
-        full_width = self.operands(tidx, tiled_mma, self.bn, sA, sB, sc_ptr)
-        half_width = self.operands(tidx, tiled_mma_half, self.bn // 2, sA, sB, sc_ptr)
+                k_blocks: Int32, tiled_mma: cute.TiledMma, sA: cute.Tensor, sB: cute.Tensor, sc_ptr: cute.Pointer,
+                full: cute.Pointer, empty: cute.Pointer, out_ptr: cute.Pointer, lora_ptr: cute.Pointer,
+                p2e: cute.Tensor, tile_info: cute.Tensor, alpha: cute.Tensor, beta: cute.Tensor,
+                clamp: cute.Tensor, m: Int32, n_out: Int32):
+        """WGMMA over the ring, then the template's epilogue; ``tidx`` counts the MMA threads."""
+        thr_mma = tiled_mma.get_slice(tidx)
+        tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))
+        tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sB))
+        acc = cute.make_rmem_tensor(thr_mma.partition_shape_C((self.bm, self.bn)), Float32)
+        # (bm, bn) view of the epi_bm-row tile: the passes alias one buffer
+        sC = cute.make_tensor(sc_ptr, cute.make_layout(((self.epi_bm, self.passes), self.bn),
+                                                       stride=((1, 0), self.c_stride)))
+        tCsC = thr_mma.partition_C(sC)
+        k_steps = cute.size(tCrA, mode=[2])
         warpgroup = cute.arch.make_warp_uniform(tidx // 128)
         epilogue_sync = cutlass.pipeline.NamedBarrier(barrier_id=EPILOGUE_BARRIER, num_threads=self.threads)
         tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
-        tiled_mma_half.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
         stage = Int32(0)
         phase = Int32(0)
         for w in cutlass.range(bx, items, num_ctas, unroll=1):
             tile, mb = raster(w, num_tiles, m_blocks)
+            acc.fill(0.0)
+            prev = Int32(0)
+            for kb in cutlass.range(k_blocks, unroll=1):
+                cute.arch.mbarrier_wait(full + stage, phase)
+                # the token rows arrived through cp.async (generic proxy); wgmma reads them through
+                # the async proxy
+                cute.arch.fence_proxy("async.shared", space="cta")
+                cute.nvgpu.warpgroup.fence()
+                for kk in cutlass.range_constexpr(k_steps):
+                    cute.gemm(tiled_mma, acc, tCrA[(None, None, kk, stage)], tCrB[(None, None, kk, stage)], acc)
+                cute.nvgpu.warpgroup.commit_group()
+                # the group of k-block kb - 1 has finished: its slot goes back to the producer
+                cute.nvgpu.warpgroup.wait_group(1)
+                if kb > 0:
+                    cute.arch.mbarrier_arrive(empty + prev)
+                prev = stage
+                stage = stage + 1
+                if stage == self.stages:
+                    stage = Int32(0)
+                    phase = phase ^ 1
+            cute.nvgpu.warpgroup.wait_group(0)
+            cute.arch.mbarrier_arrive(empty + prev)
+
+            # ---- epilogue: accumulators -> sC[n, p] -> the template's stores, one pass per epi_bm rows
             expert = tile_info[tile, 0]
             row0 = tile_info[tile, 1]
             nrows = tile_info[tile, 2]
-            if nrows > self.bn // 2:
-                stage, phase = self.mainloop(tiled_mma, full_width, k_blocks, stage, phase, full, empty)
-                self.epilogue(tidx, warpgroup, epilogue_sync, full_width, sc_ptr, expert, row0, nrows, mb, out_ptr,
-                              lora_ptr, p2e, alpha, beta, clamp, m, n_out)
-            else:
-                stage, phase = self.mainloop(tiled_mma_half, half_width, k_blocks, stage, phase, full, empty)
-                self.epilogue(tidx, warpgroup, epilogue_sync, half_width, sc_ptr, expert, row0, nrows, mb, out_ptr,
-                              lora_ptr, p2e, alpha, beta, clamp, m, n_out)
-
-    def operands(self, tidx: Int32, tiled_mma: cute.TiledMma, width: int, sA: cute.Tensor, sB: cute.Tensor,
-                 sc_ptr: cute.Pointer):
-        """(A, B fragments, accumulators, epilogue-tile partition) of an MMA over the first
-        ``width`` token rows of each ring slot."""
-        thr_mma = tiled_mma.get_slice(tidx)
-        sB_width = cute.local_tile(sB, (width, BK), (0, 0, None))
-        tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))
-        tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sB_width))
-        acc = cute.make_rmem_tensor(thr_mma.partition_shape_C((self.bm, width)), Float32)
-        # (bm, width) view of the epi_bm-row tile: the passes alias one buffer
-        sC = cute.make_tensor(sc_ptr, cute.make_layout(((self.epi_bm, self.passes), width),
-                                                       stride=((1, 0), self.c_stride)))
-        return tCrA, tCrB, acc, thr_mma.partition_C(sC)
-
-    @cute.jit
-    def mainloop(self, tiled_mma: cute.TiledMma, operands, k_blocks: Int32, stage: Int32, phase: Int32,
-                 full: cute.Pointer, empty: cute.Pointer):
-        """Accumulate one work item over the ring from slot ``stage``; returns the next slot and phase."""
-        tCrA, tCrB, acc, _ = operands
-        k_steps = cute.size(tCrA, mode=[2])
-        acc.fill(0.0)
-        prev = Int32(0)
-        for kb in cutlass.range(k_blocks, unroll=1):
-            cute.arch.mbarrier_wait(full + stage, phase)
-            # the token rows arrived through cp.async (generic proxy); wgmma reads them through the
-            # async proxy
-            cute.arch.fence_proxy("async.shared", space="cta")
-            cute.nvgpu.warpgroup.fence()
-            for kk in cutlass.range_constexpr(k_steps):
-                cute.gemm(tiled_mma, acc, tCrA[(None, None, kk, stage)], tCrB[(None, None, kk, stage)], acc)
-            cute.nvgpu.warpgroup.commit_group()
-            # the group of k-block kb - 1 has finished: its slot goes back to the producer
-            cute.nvgpu.warpgroup.wait_group(1)
-            if kb > 0:
-                cute.arch.mbarrier_arrive(empty + prev)
-            prev = stage
-            stage = stage + 1
-            if stage == self.stages:
-                stage = Int32(0)
-                phase = phase ^ 1
-        cute.nvgpu.warpgroup.wait_group(0)
-        cute.arch.mbarrier_arrive(empty + prev)
-        return stage, phase
-
-    @cute.jit
-    def epilogue(self, tidx: Int32, warpgroup: Int32, epilogue_sync, operands, sc_ptr: cute.Pointer,
-                 expert: Int32, row0: Int32, nrows: Int32, mb: Int32, out_ptr: cute.Pointer, lora_ptr: cute.Pointer,
-                 p2e: cute.Tensor, alpha: cute.Tensor, beta: cute.Tensor, clamp: cute.Tensor, m: Int32,
-                 n_out: Int32):
-        """Accumulators -> sC[n, p] -> the template's stores, one pass per ``epi_bm`` rows."""
-        _, _, acc, tCsC = operands
-        for h in cutlass.range_constexpr(self.passes):
-            epilogue_sync.arrive_and_wait()  # the previous pass's stores have read sC
-            if cutlass.const_expr(self.split_reps):
-                if warpgroup == h % self.warpgroups:
-                    self.stage_rep(acc, tCsC, h // self.warpgroups)
-            else:
-                for j in cutlass.range_constexpr(self.reps_per_pass):
-                    self.stage_rep(acc, tCsC, h * self.reps_per_pass + j)
-            epilogue_sync.arrive_and_wait()
-            block = mb * self.passes + h
-            if cutlass.const_expr(self.is_fc1):
-                self.store_fc1(tidx, sc_ptr, expert, row0, nrows, block, out_ptr, lora_ptr, p2e, alpha, beta, clamp,
-                               m, n_out)
-            else:
-                self.store_fc2(tidx, sc_ptr, row0, nrows, block, out_ptr, m, n_out)
+            for h in cutlass.range_constexpr(self.passes):
+                epilogue_sync.arrive_and_wait()  # the previous pass's stores have read sC
+                if cutlass.const_expr(self.split_reps):
+                    if warpgroup == h % self.warpgroups:
+                        self.stage_rep(acc, tCsC, h // self.warpgroups)
+                else:
+                    for j in cutlass.range_constexpr(self.reps_per_pass):
+                        self.stage_rep(acc, tCsC, h * self.reps_per_pass + j)
+                epilogue_sync.arrive_and_wait()
+                block = mb * self.passes + h
+                if cutlass.const_expr(self.is_fc1):
+                    self.store_fc1(tidx, sc_ptr, expert, row0, nrows, block, out_ptr, lora_ptr, p2e, alpha, beta,
+                                   clamp, m, n_out)
+                else:
+                    self.store_fc2(tidx, sc_ptr, row0, nrows, block, out_ptr, m, n_out)
 
     @cute.jit
     def stage_rep(self, acc: cute.Tensor, tCsC: cute.Tensor, rep: cutlass.Constexpr):
