@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One GPU session's worth of checks, under $OUT (default ./out): logs, JSON lines, plots.
-#   bash tools/device_check.sh [tests|bench|bench-mxint4|eager|first-call|sanitize|all] [pytest -k expression]
+#   bash tools/device_check.sh [tests|bench|bench-mxint4|bench-prefill|eager|first-call|sanitize|all] [pytest -k expression]
 # tests: every GPU test (errors vs the float reference recorded in errors.jsonl);
 # bench: the bf16 presets; bench-mxint4: MXINT4 next to bf16 on the same shapes;
+# bench-prefill: the prefill table of docs/gemm_notes.md (SM90 wgmma: selector's choice, the forced
+# warp-MMA dynamic variant and the torch._grouped_mm pipeline at T = 512, 4096, 16384);
 # eager: host and wall time of eager calls next to graph replay; first-call: a fresh process's
 # first call with a cold, then a warm kernel cache; sanitize: compute-sanitizer memcheck and
 # racecheck on small calls of every kernel family (tools/sanitize_cases.py).
@@ -30,6 +32,12 @@ if [[ $what == bench-mxint4 || $what == all ]]; then
       --out "$OUT/bench_mxint4_$name.jsonl" --plot "$OUT/bench_mxint4_$name.png" | tee -a "$OUT/bench.txt"
   done
   tr '\r' '\n' <"$OUT/bench_err.txt" | grep -v "point/s\|s/point" | tail -8
+fi
+if [[ $what == bench-prefill || $what == all ]]; then
+  timeout 440 python3 -m cute_moe.cli.bench --preset qwen3-30b-a3b --preset qwen3-235b-a22b --preset deepseek-v3 \
+    --preset gpt-oss-120b --preset mixtral-8x7b --tokens 512,4096,16384 --impl cute_bf16_routed \
+    --impl "cute_bf16_routed[dynamic]" --impl torch_grouped_mm --variants --sets 2 --reps 10 \
+    --out "$OUT/bench_prefill.jsonl" --plot "$OUT/bench_prefill.png" 2>>"$OUT/bench_err.txt" | tee "$OUT/bench_prefill.txt"
 fi
 if [[ $what == eager || $what == all ]]; then
   timeout 300 python3 -m cute_moe.cli.bench --preset qwen3-30b-a3b --preset qwen3-235b-a22b --tokens 1,64,4096 \
