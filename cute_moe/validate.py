@@ -33,6 +33,7 @@ Sizes (``T`` tokens, ``K = top_k``, ``E = num_experts``, ``L = local_num_experts
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from typing import Sequence
@@ -172,16 +173,17 @@ def _vector_tensor(t, name: str, dtypes, device) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def validate_hidden_states(hidden_states, *, require_cuda: bool = True) -> tuple[int, int, torch.device]:
+def validate_hidden_states(hidden_states, *, require_cuda: bool = True,
+                           name: str = "hidden_states") -> tuple[int, int, torch.device]:
     """bf16 ``[T, H]``, contiguous, 16-byte aligned, on a CUDA device when ``require_cuda``.
 
     Returns ``(T, H, device)``; every other tensor of the call must be on ``device``.
     """
-    check_tensor(hidden_states, "hidden_states", dtypes=(torch.bfloat16,), ndim=2)
+    check_tensor(hidden_states, name, dtypes=(torch.bfloat16,), ndim=2)
     device = hidden_states.device
     if require_cuda and device.type != "cuda":
-        _fail_value("hidden_states", "a tensor on a CUDA device", f"a tensor on {device}")
-    check_aligned(hidden_states, "hidden_states")
+        _fail_value(name, "a tensor on a CUDA device", f"a tensor on {device}")
+    check_aligned(hidden_states, name)
     return hidden_states.shape[0], hidden_states.shape[1], device
 
 
@@ -594,3 +596,122 @@ def validate_moe_call(call, *, require_cuda: bool = True) -> RoutingInputMode:
         return validate_mxint4_moe_args(gemm1_weights=w.gemm1, gemm1_weights_scale=w.gemm1_scale,
                                         gemm2_weights=w.gemm2, gemm2_weights_scale=w.gemm2_scale, **common)
     _fail_value("weights", 'kind "bf16" or "mxint4"', repr(w.kind))
+
+
+# ---------------------------------------------------------------------------------------------
+# b12x_fused_moe (FP4 experts)
+# ---------------------------------------------------------------------------------------------
+
+B12X_QUANT_MODE_ALIASES = {"nvfp4": "nvfp4", "w4a4": "nvfp4", "fp4": "nvfp4", "w4a16": "w4a16", "bf16": "w4a16"}
+B12X_ACTIVATION_PRECISIONS = {"fp4": "nvfp4", "bf16": "w4a16"}
+B12X_ACTIVATIONS = {"silu": True, "relu2": False}  # name -> gated
+B12X_SOURCE_FORMATS = ("modelopt", "compressed_tensors")
+
+
+@dataclasses.dataclass(frozen=True)
+class B12xCall:
+    """What ``validate_b12x_args`` derived: normalized modes and the sizes."""
+
+    quant_mode: str  # "nvfp4" or "w4a16"
+    source_format: str
+    gated: bool
+    num_tokens: int
+    hidden_size: int
+    intermediate_size: int
+    top_k: int
+    num_experts: int
+    local_num_experts: int
+    local_expert_offset: int
+
+
+def _check_b12x_scales(sf, name: str, experts: int, rows: int, cols: int, device) -> None:
+    from .layouts.scale_interleave import padded_scale_shape
+
+    check_tensor(sf, name, dtypes=(torch.float8_e4m3fn, torch.uint8), ndim=6, contiguous=False)
+    rp, cp = padded_scale_shape(rows, cols)
+    check_shape(sf, name, (32, 4, rp // 128, 4, cp // 4, experts),
+                f"(32, 4, Rp/128, 4, Cp/4, E) for [{experts}, {rows}, {cols}] ue4m3 block scales")
+    _check_on(sf, name, device)
+
+
+def _check_b12x_global_scale(v, name: str, experts: int, device, allow_one: bool) -> None:
+    check_tensor(v, name, dtypes=(torch.float32,), ndim=1)
+    if v.shape[0] != experts and not (allow_one and v.shape[0] == 1):
+        _fail_value(name, f"[{experts}] (one per local expert){' or [1]' if allow_one else ''}", tuple(v.shape))
+    _check_on(v, name, device)
+
+
+def validate_b12x_args(*, x, w1_weight, w1_weight_sf, w2_weight, w2_weight_sf, token_selected_experts,
+                       token_final_scales, num_experts, top_k, w1_alpha, w2_alpha, fc2_input_scale,
+                       num_local_experts, local_expert_offset, output, output_dtype, activation,
+                       activation_precision, quant_mode, source_format, require_cuda: bool = True) -> B12xCall:
+    """Every argument of ``b12x_fused_moe`` (cute_moe.reference_b12x states the rules); raises
+    ValueError / TypeError naming the argument. Device values (expert ids) are not read."""
+    if quant_mode is None:
+        if activation_precision not in B12X_ACTIVATION_PRECISIONS:
+            _fail_value("activation_precision", f"one of {tuple(B12X_ACTIVATION_PRECISIONS)}", repr(activation_precision))
+        mode = B12X_ACTIVATION_PRECISIONS[activation_precision]
+    else:
+        if quant_mode == "mxfp4":
+            _fail_value("quant_mode", "'nvfp4' or 'w4a16' (mxfp4 experts are not supported)", repr(quant_mode))
+        if quant_mode not in B12X_QUANT_MODE_ALIASES:
+            _fail_value("quant_mode", f"one of {tuple(B12X_QUANT_MODE_ALIASES)} or None", repr(quant_mode))
+        mode = B12X_QUANT_MODE_ALIASES[quant_mode]
+    if source_format not in B12X_SOURCE_FORMATS:
+        _fail_value("source_format", f"one of {B12X_SOURCE_FORMATS}", repr(source_format))
+    if source_format == "compressed_tensors" and mode != "w4a16":
+        _fail_value("source_format", "'modelopt' with nvfp4 activations (compressed_tensors is a w4a16 format)",
+                    repr(source_format))
+    if activation not in B12X_ACTIVATIONS:
+        _fail_value("activation", f"one of {tuple(B12X_ACTIVATIONS)}", repr(activation))
+    gated = B12X_ACTIVATIONS[activation]
+    if output_dtype != torch.bfloat16:
+        _fail_value("output_dtype", "torch.bfloat16", output_dtype)
+
+    t, h, device = validate_hidden_states(x, require_cuda=require_cuda, name="x")
+    num_experts = _check_int("num_experts", num_experts, minimum=1)
+    top_k = _check_int("top_k", top_k, minimum=1)
+    local = num_experts if num_local_experts is None else _check_int("num_local_experts", num_local_experts, 1)
+    offset = _check_int("local_expert_offset", local_expert_offset, minimum=0)
+    if offset + local > num_experts:
+        _fail_value("num_local_experts", f"local_expert_offset + num_local_experts <= num_experts = {num_experts}",
+                    f"{offset} + {local}")
+    if top_k > num_experts:
+        _fail_value("top_k", f"an int <= num_experts = {num_experts}", top_k)
+
+    check_tensor(w1_weight, "w1_weight", dtypes=(torch.uint8,), ndim=3)
+    check_tensor(w2_weight, "w2_weight", dtypes=(torch.uint8,), ndim=3)
+    _check_on(w1_weight, "w1_weight", device)
+    _check_on(w2_weight, "w2_weight", device)
+    e, m, h_half = w1_weight.shape
+    if e != local:
+        _fail_value("w1_weight", f"{local} experts (num_local_experts) in dim 0", tuple(w1_weight.shape))
+    if 2 * h_half != h:
+        _fail_value("w1_weight", f"[E, M, H/2] with H = {h} (x's hidden size)", tuple(w1_weight.shape))
+    if w2_weight.shape[0] != local or w2_weight.shape[1] != h:
+        _fail_value("w2_weight", f"[{local}, {h}, I/2]", tuple(w2_weight.shape))
+    inter = 2 * w2_weight.shape[2]
+    want_m = 2 * inter if gated else inter
+    if m != want_m:
+        _fail_value("w1_weight", f"M = {want_m} rows ({'[up; gate], 2I' if gated else 'I'} for {activation}, "
+                    f"I = {inter} from w2_weight)", tuple(w1_weight.shape))
+    _check_multiple("hidden_size", h, 16, "one ue4m3 scale per 16 values")
+    _check_multiple("intermediate_size", inter, 16, "one ue4m3 scale per 16 values")
+    _check_b12x_scales(w1_weight_sf, "w1_weight_sf", local, m, h // 16, device)
+    _check_b12x_scales(w2_weight_sf, "w2_weight_sf", local, h, inter // 16, device)
+    _check_b12x_global_scale(w1_alpha, "w1_alpha", local, device, allow_one=False)
+    _check_b12x_global_scale(w2_alpha, "w2_alpha", local, device, allow_one=False)
+    if mode == "nvfp4":
+        if fc2_input_scale is None:
+            _fail_value("fc2_input_scale", "a float32 tensor [1] or [E] (nvfp4 quantizes FC2's input with it)",
+                        None)
+        _check_b12x_global_scale(fc2_input_scale, "fc2_input_scale", local, device, allow_one=True)
+
+    check_tensor(token_selected_experts, "token_selected_experts", dtypes=(torch.int32,), shape=(t, top_k))
+    check_tensor(token_final_scales, "token_final_scales", dtypes=(torch.float32, torch.bfloat16), shape=(t, top_k))
+    _check_on(token_selected_experts, "token_selected_experts", device)
+    _check_on(token_final_scales, "token_final_scales", device)
+    if output is not None:
+        check_tensor(output, "output", dtypes=(torch.bfloat16,), shape=(t, h))
+        _check_on(output, "output", device)
+    return B12xCall(mode, source_format, gated, t, h, inter, top_k, num_experts, local, offset)
