@@ -9,8 +9,10 @@ as FlashInfer's SM120 static / dynamic b12x kernels compute them (flashinfer 0.6
     W1[e] = e2m1(w1_weight[e]) * ue4m3(w1_weight_sf[e])      per block of 16 along K, exact
     W2[e] likewise
     nvfp4 ("w4a4", the default):
-        X  = Q(x[t], gs = w1_alpha[e])                         per routed pair, blocks of 16
-        h  = w1_alpha[e] * (X @ W1[e]^T)                       float32
+        X  = Q(x[t], gs = g1)                                  per routed pair, blocks of 16
+        h  = w1_alpha[e] * g1' * (X @ W1[e]^T)                 float32
+             g1 = input_global_scale[e] and g1' = g1 when input_global_scale is given (newer
+             FlashInfer; how a ModelOpt checkpoint's input_scale enters), else g1 = w1_alpha[e], g1' = 1
         A  = Q(float(bf16(act(h))), gs = fc2_input_scale[e])
         y  = bf16(w2_alpha[e] * (A @ W2[e]^T))
     w4a16 (bf16 activations):
@@ -95,17 +97,19 @@ def reference_b12x_fused_moe(x: torch.Tensor, w1_weight: torch.Tensor, w1_weight
                              token_selected_experts: torch.Tensor, token_final_scales: torch.Tensor,
                              num_experts: int, top_k: int, *, w1_alpha: torch.Tensor, w2_alpha: torch.Tensor,
                              fc2_input_scale: Optional[torch.Tensor] = None,
+                             input_global_scale: Optional[torch.Tensor] = None,
                              num_local_experts: Optional[int] = None, local_expert_offset: int = 0,
                              output: Optional[torch.Tensor] = None, output_dtype: torch.dtype = torch.bfloat16,
                              activation: str = "silu", activation_precision: str = "fp4",
                              quant_mode: Optional[str] = None, source_format: str = "modelopt") -> B12xReference:
-    """``b12x_fused_moe``'s arguments (plus ``local_expert_offset``, an extension) -> the module
-    docstring's result, on the arguments' device. ``output``, when given, receives ``output``."""
+    """``b12x_fused_moe``'s arguments (plus ``local_expert_offset``, an extension, and
+    ``input_global_scale`` as newer FlashInfer versions take it) -> the module docstring's result, on
+    the arguments' device. ``output``, when given, receives ``output``."""
     call: B12xCall = validate_b12x_args(
         x=x, w1_weight=w1_weight, w1_weight_sf=w1_weight_sf, w2_weight=w2_weight, w2_weight_sf=w2_weight_sf,
         token_selected_experts=token_selected_experts, token_final_scales=token_final_scales,
         num_experts=num_experts, top_k=top_k, w1_alpha=w1_alpha, w2_alpha=w2_alpha, fc2_input_scale=fc2_input_scale,
-        num_local_experts=num_local_experts, local_expert_offset=local_expert_offset, output=output,
+        input_global_scale=input_global_scale, num_local_experts=num_local_experts, local_expert_offset=local_expert_offset, output=output,
         output_dtype=output_dtype, activation=activation, activation_precision=activation_precision,
         quant_mode=quant_mode, source_format=source_format, require_cuda=False)
     ids = token_selected_experts
@@ -120,9 +124,13 @@ def reference_b12x_fused_moe(x: torch.Tensor, w1_weight: torch.Tensor, w1_weight
     a2 = w2_alpha.float().to(dev)
     if call.quant_mode == "w4a16" and call.source_format == "compressed_tensors":
         a1, a2 = 1.0 / a1, 1.0 / a2
-    fc2_gs = None
+    fc2_gs = x_gs = None
     if call.quant_mode == "nvfp4":
         fc2_gs = fc2_input_scale.float().to(dev).expand(call.local_num_experts)
+        x_gs = a1
+        if input_global_scale is not None:
+            x_gs = input_global_scale.float().to(dev).expand(call.local_num_experts)
+            a1 = a1 * x_gs
 
     act = torch.zeros(t, k, call.intermediate_size, dtype=torch.bfloat16, device=dev)
     y = torch.zeros(t, k, call.hidden_size, dtype=torch.bfloat16, device=dev)
@@ -134,7 +142,7 @@ def reference_b12x_fused_moe(x: torch.Tensor, w1_weight: torch.Tensor, w1_weight
             continue
         xe = xf[tok]
         if call.quant_mode == "nvfp4":
-            xe = quantize_nvfp4_activations(xe, a1[e])
+            xe = quantize_nvfp4_activations(xe, x_gs[e])
         a = _activation(a1[e] * (xe @ w1[e].T), call.gated).to(torch.bfloat16)
         ae = a.float()
         if call.quant_mode == "nvfp4":

@@ -643,7 +643,7 @@ def _check_b12x_global_scale(v, name: str, experts: int, device, allow_one: bool
 
 def validate_b12x_args(*, x, w1_weight, w1_weight_sf, w2_weight, w2_weight_sf, token_selected_experts,
                        token_final_scales, num_experts, top_k, w1_alpha, w2_alpha, fc2_input_scale,
-                       num_local_experts, local_expert_offset, output, output_dtype, activation,
+                       input_global_scale, num_local_experts, local_expert_offset, output, output_dtype, activation,
                        activation_precision, quant_mode, source_format, require_cuda: bool = True) -> B12xCall:
     """Every argument of ``b12x_fused_moe`` (cute_moe.reference_b12x states the rules); raises
     ValueError / TypeError naming the argument. Device values (expert ids) are not read."""
@@ -706,6 +706,11 @@ def validate_b12x_args(*, x, w1_weight, w1_weight_sf, w2_weight, w2_weight_sf, t
             _fail_value("fc2_input_scale", "a float32 tensor [1] or [E] (nvfp4 quantizes FC2's input with it)",
                         None)
         _check_b12x_global_scale(fc2_input_scale, "fc2_input_scale", local, device, allow_one=True)
+    if input_global_scale is not None:
+        if mode != "nvfp4":
+            _fail_value("input_global_scale", "None with bf16 activations (w4a16 quantizes no activation)",
+                        "a tensor")
+        _check_b12x_global_scale(input_global_scale, "input_global_scale", local, device, allow_one=True)
 
     check_tensor(token_selected_experts, "token_selected_experts", dtypes=(torch.int32,), shape=(t, top_k))
     check_tensor(token_final_scales, "token_final_scales", dtypes=(torch.float32, torch.bfloat16), shape=(t, top_k))

@@ -3,7 +3,8 @@
 * W4A16 equals the bf16 reference MoE on the dequantized weights (an independent code path), with
   expert parallelism, for silu and relu2; "compressed_tensors" is "modelopt" with inverted scales;
 * nvfp4 on activations that the quantizer represents exactly gives the same FC1 activations as W4A16
-  on unit scales (the global scale divides, then multiplies back);
+  on unit scales (the global scale divides, then multiplies back), and with ``input_global_scale``
+  the same as W4A16 on the same ``w1_alpha`` (the scale folds into FC1);
 * the activation quantizer's rounding (ties to even, saturation, empty blocks);
 * every argument check names its argument.
 """
@@ -109,6 +110,23 @@ def test_nvfp4_on_representable_activations_matches_w4a16_fc1():
     assert 0 < _rel(nv.output_f32, w4.output_f32) < 0.2
 
 
+@pytest.mark.parametrize("scale", [0.5, 4.0])
+def test_input_global_scale_quantizes_x_and_folds_into_fc1(scale):
+    """With input_global_scale g, x is quantized with g and FC1 multiplied by w1_alpha * g: on x that
+    g represents exactly, FC1 equals W4A16's with the same w1_alpha (ModelOpt's weight_scale_2)."""
+    e, h, i, t, k = 4, 32, 32, 7, 2
+    prepared, alphas, _ = _experts(e, h, i, True)
+    gen = torch.Generator().manual_seed(5)
+    q = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])[torch.randint(0, 8, (t, h // 16, 16), generator=gen)]
+    q[..., 0] = -6.0
+    x = (q * 0.5 * scale).flatten(-2).to(torch.bfloat16)  # sf = 0.5
+    ids, w = _routing(t, k, e)
+    nv = _call(prepared, x, ids, w, e, alphas, fc2_input_scale=torch.ones(1),
+               input_global_scale=torch.full((e,), scale))
+    w4 = _call(prepared, x, ids, w, e, alphas, quant_mode="w4a16")
+    assert _rel(nv.act, w4.act) < 1e-6
+
+
 def test_activation_quantizer_rounding():
     blk = torch.tensor([12.0, 0.5, -0.5, 1.5, 2.5, 3.5, 10.0, -12.0, 0.0, 1.0, 2.0, 5.0, 7.0, 9.0, 11.0, 6.0])
     # amax 12, gs 1: sf = 2; v / 2 -> 6, .25 -> 0 (tie, even), -.25 -> -0, .75 -> 1 (tie), 1.25 -> 1,
@@ -150,6 +168,8 @@ def test_output_argument_receives_the_result():
     (dict(activation="relu2"), "w1_weight"),
     (dict(fc2_input_scale=None), "fc2_input_scale"),
     (dict(fc2_input_scale=torch.ones(3)), "fc2_input_scale"),
+    (dict(input_global_scale=torch.ones(2, 2)), "input_global_scale"),
+    (dict(input_global_scale=torch.ones(1), quant_mode="w4a16"), "input_global_scale"),
     (dict(w1_alpha=torch.ones(2, dtype=torch.float64)), "w1_alpha"),
     (dict(w2_alpha=torch.ones(3)), "w2_alpha"),
     (dict(token_final_scales=torch.ones(5, 3)), "token_final_scales"),
