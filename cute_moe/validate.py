@@ -641,6 +641,38 @@ def _check_b12x_global_scale(v, name: str, experts: int, device, allow_one: bool
     _check_on(v, name, device)
 
 
+def validate_b12x_weights(*, w1_weight, w1_weight_sf, w2_weight, w2_weight_sf, w1_alpha, w2_alpha,
+                          hidden_size: int, local_num_experts: int, gated: bool, device) -> int:
+    """The FP4 experts of ``b12x_fused_moe``: packed e2m1 ``w1_weight [L, M, H/2]`` (``M = 2I`` rows
+    ``[up; gate]`` gated, ``I`` for relu2) and ``w2_weight [L, H, I/2]``, their ue4m3 scales as the
+    6-D view of cute_moe.prepare.prepare_b12x_fp4_moe_weights, float32 ``w1_alpha`` / ``w2_alpha [L]``.
+    Returns I."""
+    h, local = hidden_size, local_num_experts
+    check_tensor(w1_weight, "w1_weight", dtypes=(torch.uint8,), ndim=3)
+    check_tensor(w2_weight, "w2_weight", dtypes=(torch.uint8,), ndim=3)
+    _check_on(w1_weight, "w1_weight", device)
+    _check_on(w2_weight, "w2_weight", device)
+    e, m, h_half = w1_weight.shape
+    if e != local:
+        _fail_value("w1_weight", f"{local} experts (num_local_experts) in dim 0", tuple(w1_weight.shape))
+    if 2 * h_half != h:
+        _fail_value("w1_weight", f"[E, M, H/2] with H = {h} (the hidden size)", tuple(w1_weight.shape))
+    if w2_weight.shape[0] != local or w2_weight.shape[1] != h:
+        _fail_value("w2_weight", f"[{local}, {h}, I/2]", tuple(w2_weight.shape))
+    inter = 2 * w2_weight.shape[2]
+    want_m = 2 * inter if gated else inter
+    if m != want_m:
+        _fail_value("w1_weight", f"M = {want_m} rows ({'[up; gate], 2I, gated' if gated else 'I, relu2'}; "
+                    f"I = {inter} from w2_weight)", tuple(w1_weight.shape))
+    _check_multiple("hidden_size", h, 16, "one ue4m3 scale per 16 values")
+    _check_multiple("intermediate_size", inter, 16, "one ue4m3 scale per 16 values")
+    _check_b12x_scales(w1_weight_sf, "w1_weight_sf", local, m, h // 16, device)
+    _check_b12x_scales(w2_weight_sf, "w2_weight_sf", local, h, inter // 16, device)
+    _check_b12x_global_scale(w1_alpha, "w1_alpha", local, device, allow_one=False)
+    _check_b12x_global_scale(w2_alpha, "w2_alpha", local, device, allow_one=False)
+    return inter
+
+
 def validate_b12x_args(*, x, w1_weight, w1_weight_sf, w2_weight, w2_weight_sf, token_selected_experts,
                        token_final_scales, num_experts, top_k, w1_alpha, w2_alpha, fc2_input_scale,
                        input_global_scale, num_local_experts, local_expert_offset, output, output_dtype, activation,
@@ -679,28 +711,9 @@ def validate_b12x_args(*, x, w1_weight, w1_weight_sf, w2_weight, w2_weight_sf, t
     if top_k > num_experts:
         _fail_value("top_k", f"an int <= num_experts = {num_experts}", top_k)
 
-    check_tensor(w1_weight, "w1_weight", dtypes=(torch.uint8,), ndim=3)
-    check_tensor(w2_weight, "w2_weight", dtypes=(torch.uint8,), ndim=3)
-    _check_on(w1_weight, "w1_weight", device)
-    _check_on(w2_weight, "w2_weight", device)
-    e, m, h_half = w1_weight.shape
-    if e != local:
-        _fail_value("w1_weight", f"{local} experts (num_local_experts) in dim 0", tuple(w1_weight.shape))
-    if 2 * h_half != h:
-        _fail_value("w1_weight", f"[E, M, H/2] with H = {h} (x's hidden size)", tuple(w1_weight.shape))
-    if w2_weight.shape[0] != local or w2_weight.shape[1] != h:
-        _fail_value("w2_weight", f"[{local}, {h}, I/2]", tuple(w2_weight.shape))
-    inter = 2 * w2_weight.shape[2]
-    want_m = 2 * inter if gated else inter
-    if m != want_m:
-        _fail_value("w1_weight", f"M = {want_m} rows ({'[up; gate], 2I' if gated else 'I'} for {activation}, "
-                    f"I = {inter} from w2_weight)", tuple(w1_weight.shape))
-    _check_multiple("hidden_size", h, 16, "one ue4m3 scale per 16 values")
-    _check_multiple("intermediate_size", inter, 16, "one ue4m3 scale per 16 values")
-    _check_b12x_scales(w1_weight_sf, "w1_weight_sf", local, m, h // 16, device)
-    _check_b12x_scales(w2_weight_sf, "w2_weight_sf", local, h, inter // 16, device)
-    _check_b12x_global_scale(w1_alpha, "w1_alpha", local, device, allow_one=False)
-    _check_b12x_global_scale(w2_alpha, "w2_alpha", local, device, allow_one=False)
+    inter = validate_b12x_weights(w1_weight=w1_weight, w1_weight_sf=w1_weight_sf, w2_weight=w2_weight,
+                                  w2_weight_sf=w2_weight_sf, w1_alpha=w1_alpha, w2_alpha=w2_alpha, hidden_size=h,
+                                  local_num_experts=local, gated=gated, device=device)
     if mode == "nvfp4":
         if fc2_input_scale is None:
             _fail_value("fc2_input_scale", "a float32 tensor [1] or [E] (nvfp4 quantizes FC2's input with it)",

@@ -347,7 +347,7 @@ def test_verify_mismatch_after_a_written_layer_leaves_nothing(ckpt, tmp_path, ca
     def flip_one_byte(fmt, expert, activation):
         out = real(fmt, expert, activation)
         calls["n"] += 1
-        if calls["n"] == EXPERTS + 2:  # layer 1, expert 1
+        if calls["n"] == 2 * EXPERTS + 2:  # layer 1, expert 1 (layer 0 prepared, then prepared again by verify)
             g = out["gemm2_weights"]
             g.view(-1).view(torch.uint8)[7] ^= 1
         return out
@@ -416,3 +416,129 @@ def test_cuda_device_matches_cpu(ckpt, tmp_path, capsys, fmt):
     rc, _, err = _run(capsys, src, tmp_path / "gpu", "--format", fmt, "--device", "cuda", "--verify")
     assert rc == 0, err
     _assert_layer_files_match(tmp_path / "gpu", tensors, fmt)
+
+
+# ------------------------------------------------------------------------------------------------
+# ModelOpt NVFP4 -> the b12x_fused_moe tensors
+
+NV_H, NV_I = 128, 96
+
+
+def _write_modelopt_nvfp4(directory, gen, gated=True, layers=2):
+    """A two-shard ModelOpt-style NVFP4 checkpoint: per projection ``weight`` (packed e2m1),
+    ``weight_scale`` (e4m3, per 16), ``weight_scale_2`` (float32 [], 1 / global encode scale) and
+    ``input_scale`` (float32 [], one for gate and up); gate and up share their global scale, as
+    fused-MoE NVFP4 checkpoints do. Returns every tensor."""
+    from cute_moe.layouts.quantize import quantize_nvfp4
+
+    directory.mkdir(parents=True)
+    everything = {}
+    for layer in range(layers):
+        tensors = {f"model.layers.{layer}.mlp.gate.weight": torch.randn(EXPERTS, NV_H, generator=gen)}
+        for e in range(EXPERTS):
+            x_scale = torch.rand((), generator=gen) * 0.01 + 0.001
+            floats = {proj: torch.randn(n, k, generator=gen) * k ** -0.5
+                      for proj, (n, k) in (("gate_proj", (NV_I, NV_H)), ("up_proj", (NV_I, NV_H)),
+                                           ("down_proj", (NV_H, NV_I)))}
+            fc1_g = 448.0 * 6 / max(floats["gate_proj"].abs().max(), floats["up_proj"].abs().max())
+            for proj, w in floats.items():
+                if proj == "gate_proj" and not gated:
+                    continue
+                packed, scales, g = quantize_nvfp4(w, None if proj == "down_proj" else float(fc1_g))
+                base = PREFIX.format(layer=layer, expert=e, proj=proj)
+                tensors[f"{base}.weight"] = packed
+                tensors[f"{base}.weight_scale"] = scales
+                tensors[f"{base}.weight_scale_2"] = (1.0 / g).reshape(())
+                tensors[f"{base}.input_scale"] = (x_scale.clone() if proj != "down_proj"
+                                                  else torch.rand((), generator=gen) * 0.01 + 0.001).float()
+        save_file(tensors, str(directory / SHARD.format(k=layer + 1)))
+        everything.update(tensors)
+    return everything
+
+
+def _nv(tensors, layer, e, proj, suffix):
+    return tensors[f"{PREFIX.format(layer=layer, expert=e, proj=proj)}.{suffix}"]
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_modelopt_nvfp4_converts_to_b12x_tensors(tmp_path, capsys, seeded, gated):
+    from cute_moe.enums import ActivationType as AT
+    from cute_moe.layouts import scale_mma_view
+    from cute_moe.layouts.quantize import dequantize_nvfp4
+    from cute_moe.reference import reference_moe_canonical
+    from cute_moe.reference_b12x import reference_b12x_fused_moe
+
+    src = tmp_path / "nv"
+    tensors = _write_modelopt_nvfp4(src, seeded, gated)
+    out = tmp_path / "out"
+    rc, _, err = _run(capsys, src, out, "--format", "nvfp4", "--verify",
+                      *([] if gated else ["--activation", "relu2"]))
+    assert rc == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["format"] == "nvfp4" and m["entry_points"] == ["b12x_fused_moe"]
+    fc1 = ("up_proj", "gate_proj") if gated else ("up_proj",)
+    for layer in range(2):
+        written = load_file(str(out / f"layer_{layer:03d}.safetensors"))
+        stack = lambda projs, suffix: torch.stack([torch.cat([_nv(tensors, layer, e, p, suffix) for p in projs])  # noqa: E731
+                                                  for e in range(EXPERTS)])
+        want = prepare.prepare_b12x_fp4_moe_weights(stack(fc1, "weight"), stack(fc1, "weight_scale"),
+                                                    stack(("down_proj",), "weight"), stack(("down_proj",), "weight_scale"))
+        assert torch.equal(written["w1_weight"], want["w1_weight"])
+        assert torch.equal(written["w2_weight"], want["w2_weight"])
+        m1 = written["w1_weight"].shape[1]
+        sf1 = scale_mma_view(written["w1_weight_sf"], m1, NV_H // 16, EXPERTS)
+        sf2 = scale_mma_view(written["w2_weight_sf"], NV_H, NV_I // 16, EXPERTS)
+        assert torch.equal(_bits(sf1.contiguous()), _bits(want["w1_weight_sf"].contiguous()))
+        assert torch.equal(_bits(sf2.contiguous()), _bits(want["w2_weight_sf"].contiguous()))
+        scalar = lambda p, s: torch.stack([_nv(tensors, layer, e, p, s).reshape(()) for e in range(EXPERTS)])  # noqa: E731
+        assert torch.equal(written["w1_alpha"], scalar("up_proj", "weight_scale_2"))
+        assert torch.equal(written["input_global_scale"], scalar("up_proj", "input_scale"))
+        assert torch.equal(written["fc2_input_scale"], scalar("down_proj", "input_scale"))
+        assert torch.equal(written["w2_alpha"], scalar("down_proj", "input_scale") * scalar("down_proj", "weight_scale_2"))
+
+        # The converted tensors mean the checkpoint's weights: W4A16 on them equals the bf16
+        # reference on the dequantized checkpoint, and nvfp4 approximates it
+        deq = lambda projs: torch.stack([torch.cat([dequantize_nvfp4(  # noqa: E731
+            _nv(tensors, layer, e, p, "weight"), _nv(tensors, layer, e, p, "weight_scale"),
+            1.0 / _nv(tensors, layer, e, p, "weight_scale_2")) for p in projs]) for e in range(EXPERTS)])
+        x = torch.randn(19, NV_H, generator=seeded).to(torch.bfloat16)
+        ids = torch.stack([torch.randperm(EXPERTS, generator=seeded)[:2] for _ in range(19)]).to(torch.int32)
+        w = torch.rand(19, 2, generator=seeded).float()
+        args = (x, written["w1_weight"], sf1, written["w2_weight"], sf2, ids, w, EXPERTS, 2)
+        act = "silu" if gated else "relu2"
+        w4 = reference_b12x_fused_moe(*args, w1_alpha=written["w1_alpha"], w2_alpha=scalar("down_proj", "weight_scale_2"),
+                                      quant_mode="w4a16", activation=act)
+        ref = reference_moe_canonical(x, ids, w, deq(fc1), deq(("down_proj",)), AT.Swiglu if gated else AT.Relu2, 0,
+                                      EXPERTS)
+        assert ((w4.output_f32 - ref.output_f32).norm() / ref.output_f32.norm()).item() < 1e-3
+        nv = reference_b12x_fused_moe(*args, w1_alpha=written["w1_alpha"], w2_alpha=written["w2_alpha"],
+                                      fc2_input_scale=written["fc2_input_scale"],
+                                      input_global_scale=written["input_global_scale"], activation=act)
+        assert ((nv.output_f32 - ref.output_f32).norm() / ref.output_f32.norm()).item() < 0.25
+
+
+def test_modelopt_nvfp4_gate_and_up_scales_must_agree(tmp_path, capsys, seeded):
+    src = tmp_path / "nv"
+    _write_modelopt_nvfp4(src, seeded)
+    name = f"{PREFIX.format(layer=1, expert=2, proj='gate_proj')}.weight_scale_2"
+    _rewrite(src / SHARD.format(k=2), lambda t: t.__setitem__(name, t[name] * 2))
+    out = tmp_path / "out"
+    rc, _, err = _run(capsys, src, out, "--format", "nvfp4")
+    assert rc == 1 and f"'{name}'" in err and "up_proj.weight_scale_2" in err and "differ" in err, err
+    assert _files(out) is None
+
+
+@pytest.mark.parametrize("suffix,edit,what", [
+    ("weight_scale", lambda t: t.to(torch.bfloat16), "dtype"),
+    ("input_scale", lambda t: torch.ones(2), "one value"),
+    ("weight", lambda t: t[:, :-1].contiguous(), "shape"),
+])
+def test_modelopt_nvfp4_bad_tensors_are_named(tmp_path, capsys, seeded, suffix, edit, what):
+    src = tmp_path / "nv"
+    _write_modelopt_nvfp4(src, seeded)
+    name = f"{PREFIX.format(layer=0, expert=1, proj='down_proj')}.{suffix}"
+    _rewrite(src / SHARD.format(k=1), lambda t: t.__setitem__(name, edit(t[name])))
+    out = tmp_path / "out"
+    rc, _, err = _run(capsys, src, out, "--format", "nvfp4", "--verify")
+    assert rc == 1 and f"'{name}'" in err and what in err, err
+    assert _files(out) is None

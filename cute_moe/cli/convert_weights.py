@@ -1,10 +1,12 @@
 """``cute-moe-convert``: turn a sharded MoE checkpoint into prepared per-layer weight files.
 
-Reads the per-expert tensors of every MoE layer (bf16 ``.weight`` or compressed-tensors int4
-``.weight_packed`` / ``.weight_scale``), prepares them with :mod:`cute_moe.prepare` and writes one
+Reads the per-expert tensors of every MoE layer (bf16 ``.weight``, compressed-tensors int4
+``.weight_packed`` / ``.weight_scale``, or ModelOpt NVFP4 ``.weight`` / ``.weight_scale`` /
+``.weight_scale_2`` / ``.input_scale``), prepares them with :mod:`cute_moe.prepare` and writes one
 safetensors file per layer holding exactly the weight arguments of the fused entry points
 (``gemm1_weights``, ``gemm2_weights``, and for mxint4 ``gemm1_weights_scale``,
-``gemm2_weights_scale``), plus ``manifest.json``.
+``gemm2_weights_scale``; for nvfp4 the ``b12x_fused_moe`` arguments of cli/expert_prep.py),
+plus ``manifest.json``.
 
 Memory: one layer at a time. Expert tensors are read one expert at a time and prepared per
 expert (preparation is independent per expert); the layer's prepared tensors are held on the
@@ -55,14 +57,19 @@ class ConversionError(RuntimeError):
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """One per-expert parameter: ``<module>.<suffix>``, dtype, shape ``[N, K / k_per_col]``."""
+    """One per-expert parameter: ``<module>.<suffix>``, dtype, shape ``[N, K / k_per_col]``, or
+    (``scalar``) one value stored as ``[]`` or ``[1]``."""
 
     suffix: str
     dtype: torch.dtype
-    k_per_col: int
+    k_per_col: int = 1
+    scalar: bool = False
 
-    def shape(self, n: int, k: int) -> Tuple[int, int]:
-        return (n, k // self.k_per_col)
+    def shape(self, n: int, k: int) -> Tuple[int, ...]:
+        return () if self.scalar else (n, k // self.k_per_col)
+
+    def accepts(self, shape: Tuple[int, ...], n: int, k: int) -> bool:
+        return tuple(shape) in ((), (1,)) if self.scalar else tuple(shape) == self.shape(n, k)
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,13 @@ FORMATS = {
                            shape_param="weight_shape",
                            entry_points=("trtllm_mxint4_block_scale_moe",
                                          "trtllm_mxint4_block_scale_routed_moe")),
+    # ModelOpt NVFP4: packed e2m1 (two per byte, low nibble first), one e4m3 scale per 16 values
+    # along K, a float32 global decode scale and the calibrated input scale per projection.
+    "nvfp4": SourceFormat("nvfp4", (ParamSpec("weight", torch.uint8, 2),
+                                    ParamSpec("weight_scale", torch.float8_e4m3fn, 16),
+                                    ParamSpec("weight_scale_2", torch.float32, scalar=True),
+                                    ParamSpec("input_scale", torch.float32, scalar=True)),
+                          entry_points=("b12x_fused_moe",)),
 }
 
 ACTIVATIONS = {"swiglu": ActivationType.Swiglu, "relu2": ActivationType.Relu2}
@@ -181,7 +195,10 @@ def _plan_layer(ckpt: ShardedCheckpoint, job: Job, layer: int, num_experts: int)
                 if i.dtype != p.dtype:
                     raise ConversionError(f"{i.where()}: dtype {i.dtype_name}, expected "
                                           f"{_dtype_name(p.dtype)}")
-                if len(i.shape) != 2:
+                if p.scalar:
+                    if tuple(i.shape) not in ((), (1,)):
+                        raise ConversionError(f"{i.where()}: shape {list(i.shape)}, expected one value ([] or [1])")
+                elif len(i.shape) != 2:
                     raise ConversionError(f"{i.where()}: shape {list(i.shape)}, expected a 2-D [N, K] tensor")
                 plan.sources[(e, role, p.suffix)] = i
 
@@ -196,7 +213,7 @@ def _plan_layer(ckpt: ShardedCheckpoint, job: Job, layer: int, num_experts: int)
     for (e, role, suffix), i in plan.sources.items():
         n, k = _role_dims(role, hidden, inter)
         p = next(p for p in fmt.params if p.suffix == suffix)
-        if i.shape != p.shape(n, k):
+        if not p.accepts(i.shape, n, k):
             raise ConversionError(f"{i.where()}: shape {list(i.shape)}, expected {list(p.shape(n, k))} "
                                   f"(H={hidden}, I={inter} from '{ref.name}')")
     if fmt.shape_param is not None:
@@ -244,7 +261,9 @@ def convert_layer(ckpt: ShardedCheckpoint, job: Job, plan: LayerPlan,
     """Prepared tensors of one layer (host memory), prepared one expert at a time."""
     out: Dict[str, torch.Tensor] = {}
     for e in range(plan.num_experts):
-        prepared = prep.prepare_expert(job.fmt.name, _load_expert(ckpt, job, plan, e), job.activation)
+        src = _load_expert(ckpt, job, plan, e)
+        _check_shared_fc1_values(job, plan, e, src)
+        prepared = prep.prepare_expert(job.fmt.name, src, job.activation)
         for name, t in prepared.items():
             if name not in out:
                 out[name] = torch.empty((plan.num_experts,) + tuple(t.shape[1:]), dtype=t.dtype)
@@ -257,24 +276,50 @@ def convert_layer(ckpt: ShardedCheckpoint, job: Job, plan: LayerPlan,
     return out
 
 
+def _check_shared_fc1_values(job: Job, plan: LayerPlan, e: int, src) -> None:
+    """The fused FC1 of some formats takes one value for gate and up (nvfp4: the global and input
+    scales); a checkpoint whose two projections disagree cannot be converted exactly."""
+    if not job.activation.is_gated:
+        return
+    for suffix in prep.shared_fc1_values(job.fmt.name):
+        gate, up = src["gate"][suffix].reshape(-1), src["up"][suffix].reshape(-1)
+        if not torch.equal(gate, up):
+            raise ConversionError(f"{plan.sources[(e, 'gate', suffix)].where()} = {gate.tolist()} and "
+                                  f"{plan.sources[(e, 'up', suffix)].where()} = {up.tolist()} differ: the fused "
+                                  f"FC1 takes one {suffix} for gate and up")
+
+
 def verify_layer(ckpt: ShardedCheckpoint, job: Job, plan: LayerPlan, written: Path,
                  progress: Callable[[], None] = lambda: None) -> None:
-    """Read ``written`` back, unprepare each expert and compare bit for bit with the source."""
+    """Read ``written`` back: unpreparing each expert's slice gives its source back bit for bit, and
+    the slice equals preparing the source again (which covers values a format derives, such as
+    nvfp4's ``w2_alpha``)."""
     from safetensors import safe_open
 
     with safe_open(str(written), framework="pt", device="cpu") as f:
         for e in range(plan.num_experts):
             prepared = {name: f.get_slice(name)[e:e + 1].to(job.device) for name in f.keys()}
-            recovered = prep.unprepare_expert(job.fmt.name, prepared, job.activation)
             source = _load_expert(ckpt, job, plan, e)
+            recovered = prep.unprepare_expert(job.fmt.name, prepared, job.activation)
             for role in job.roles:
                 for p in job.fmt.params:
-                    _assert_bits_equal(recovered[role][p.suffix], source[role][p.suffix],
-                                       plan.sources[(e, role, p.suffix)], plan.file)
+                    got = recovered[role].get(p.suffix)
+                    if got is None:  # held only combined with another value: the next check
+                        continue
+                    want = source[role][p.suffix]
+                    if got.numel() == want.numel():
+                        got = got.reshape(want.shape)
+                    _assert_bits_equal(got, want, plan.sources[(e, role, p.suffix)], plan.file)
+            again = prep.prepare_expert(job.fmt.name, source, job.activation)
+            for name, want in again.items():
+                if name not in prepared:
+                    raise ConversionError(f"verify: '{plan.file}' lacks tensor '{name}'")
+                _assert_bits_equal(prepared[name], want, None, plan.file, what=f"'{name}' of expert {e}")
             progress()
 
 
-def _assert_bits_equal(got: torch.Tensor, want: torch.Tensor, src: TensorInfo, written: str) -> None:
+def _assert_bits_equal(got: torch.Tensor, want: torch.Tensor, src: Optional[TensorInfo], written: str,
+                       what: str = "") -> None:
     if got.dtype == want.dtype and got.shape == want.shape:
         bits = {2: torch.int16, 4: torch.int32, 1: torch.uint8, 8: torch.int64}[want.element_size()]
         diff = got.view(bits) != want.to(got.device).view(bits)
@@ -285,7 +330,8 @@ def _assert_bits_equal(got: torch.Tensor, want: torch.Tensor, src: TensorInfo, w
                   f"{got[first].item()} != {want[first].item()}")
     else:
         detail = f"got {got.dtype} {list(got.shape)}, source is {want.dtype} {list(want.shape)}"
-    raise ConversionError(f"verify: '{written}' does not reproduce {src.where()}: {detail}")
+    target = src.where() if src is not None else f"{what} as preparing the source gives it"
+    raise ConversionError(f"verify: '{written}' does not reproduce {target}: {detail}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -409,16 +455,18 @@ def _parse_args(argv):
         description="Convert the expert weights of a sharded safetensors MoE checkpoint into cute_moe's "
                     "prepared layout: one safetensors file per MoE layer (the entry points' gemm1/gemm2 "
                     "weight arguments) and manifest.json. Memory holds one layer at a time.",
-        epilog="Source tensors are '<pattern>.weight' (bf16) or '<pattern>.weight_packed' int32 [N, K/8] + "
+        epilog="Source tensors are '<pattern>.weight' (bf16), '<pattern>.weight_packed' int32 [N, K/8] + "
                "'<pattern>.weight_scale' bf16 [N, K/32] (+ optional '.weight_shape') (mxint4, "
-               "compressed-tensors pack-quantized), with gate/up [I, H] and down [H, I]. "
+               "compressed-tensors pack-quantized) or '<pattern>.weight' uint8 [N, K/2] + '.weight_scale' "
+               "float8_e4m3fn [N, K/16] + '.weight_scale_2' and '.input_scale' float32 scalars (nvfp4, "
+               "ModelOpt), with gate/up [I, H] and down [H, I]. "
                "Exit status: 0 done, 1 conversion error (the message names the tensor and shard), 2 usage.")
     p.add_argument("checkpoint", type=Path, help="directory of *.safetensors shards")
     p.add_argument("output", type=Path, help="output directory (created; must not hold earlier output "
                    "unless --overwrite)")
     p.add_argument("--format", choices=sorted(FORMATS), required=True, help="expert weight format to read")
     p.add_argument("--activation", choices=sorted(ACTIVATIONS), default="swiglu",
-                   help="FC1 activation (default %(default)s; relu2 reads no gate projection, bf16 only)")
+                   help="FC1 activation (default %(default)s; relu2 reads no gate projection; bf16 and nvfp4)")
     p.add_argument("--pattern", default=DEFAULT_PATTERN,
                    help="expert module name with {layer}, {expert}, {proj} (default %(default)s)")
     p.add_argument("--proj-names", default=",".join(DEFAULT_PROJ_NAMES),
