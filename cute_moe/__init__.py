@@ -15,6 +15,7 @@ _LAZY = {
     "trtllm_bf16_routed_moe": "cute_moe.moe",
     "trtllm_mxint4_block_scale_moe": "cute_moe.moe",
     "trtllm_mxint4_block_scale_routed_moe": "cute_moe.moe",
+    "b12x_fused_moe": "cute_moe.b12x",
     "warmup": "cute_moe.precompile",
     # standalone routing
     "route": "cute_moe.routing",

@@ -35,13 +35,13 @@ import torch
 from . import validate
 from .enums import ActivationType
 from .kernels import runtime
-from .kernels.gemm_config import INT4_SCALE_ALIGN, SCHEDULE_OF_VARIANT, GemmConfig, TileConfig
+from .kernels.gemm_config import INT4_SCALE_ALIGN, SCHEDULE_OF_VARIANT, WEIGHT_FORMATS, GemmConfig, TileConfig
 from .plan import MoePlan
 
 __all__ = ["grouped_gemm_fc1", "grouped_gemm_fc2", "launch_gemm", "warmup", "fc1_kernel_key", "fc2_kernel_key"]
 
 
-WEIGHT_KINDS = ("bf16", "mxint4")
+WEIGHT_KINDS = WEIGHT_FORMATS  # "bf16", "mxint4", "nvfp4" (b12x's FP4 experts)
 
 
 def _weight_kind(kind: str) -> str:
@@ -52,27 +52,28 @@ def _weight_kind(kind: str) -> str:
 
 def fc1_kernel_key(tile: TileConfig, variant: str, activation_type, has_lora: bool = False,
                    has_alpha: bool = False, has_beta: bool = False, has_clamp: bool = False,
-                   weight_kind: str = "bf16") -> Tuple:
+                   weight_kind: str = "bf16", has_out_scale: bool = False, gather_rows: bool = True) -> Tuple:
     return ("grouped_gemm", "fc1", tile, SCHEDULE_OF_VARIANT[variant], int(activation_type), bool(has_lora),
-            bool(has_alpha), bool(has_beta), bool(has_clamp), _weight_kind(weight_kind))
+            bool(has_alpha), bool(has_beta), bool(has_clamp), bool(has_out_scale), bool(gather_rows),
+            _weight_kind(weight_kind))
 
 
-def fc2_kernel_key(tile: TileConfig, variant: str, weight_kind: str = "bf16") -> Tuple:
+def fc2_kernel_key(tile: TileConfig, variant: str, weight_kind: str = "bf16", has_out_scale: bool = False) -> Tuple:
     return ("grouped_gemm", "fc2", tile, SCHEDULE_OF_VARIANT[variant], int(ActivationType.Swiglu), False, False,
-            False, False, _weight_kind(weight_kind))
+            False, False, bool(has_out_scale), False, _weight_kind(weight_kind))
 
 
 def _build(key: Tuple):
     from .kernels.grouped_gemm import GroupedGemm, example_args
     from .kernels.grouped_gemm_sm90 import WgmmaGroupedGemm
 
-    _, op, tile, schedule, act, lora, alpha, beta, clamp, kind = key
-    int4 = kind == "mxint4"
+    _, op, tile, schedule, act, lora, alpha, beta, clamp, out_scale, gather, kind = key
     template = WgmmaGroupedGemm if tile.mma == "wgmma" else GroupedGemm
 
     def build():
         return (template(op, tile, schedule, activation=act, has_lora=lora, has_alpha=alpha, has_beta=beta,
-                         has_clamp=clamp, int4_weights=int4), example_args(int4))
+                         has_clamp=clamp, weight_format=kind, has_out_scale=out_scale, gather_rows=gather),
+                example_args(kind))
 
     return build
 
@@ -172,7 +173,7 @@ def grouped_gemm_fc1(hidden_states: torch.Tensor, plan: MoePlan, gemm1_weights: 
                 p(plan.counters, align=4), p(out),
                 p(gemm1_lora_delta) if gemm1_lora_delta is not None else stand_in,
                 *(p(x, align=4) if x is not None else stand_in for x in (gemm1_alpha, gemm1_beta, gemm1_clamp_limit)),
-                m, h, inter, int(top_k), local, max_tiles, _num_ctas(config, tile, device, max_tiles, m),
+                stand_in, m, h, inter, int(top_k), local, max_tiles, _num_ctas(config, tile, device, max_tiles, m),
                 config.pdl, runtime.current_stream())
     return out
 
@@ -210,7 +211,7 @@ def grouped_gemm_fc2(act: torch.Tensor, plan: MoePlan, gemm2_weights: torch.Tens
                 p(gemm2_weights),
                 p(gemm2_weights_scale, align=INT4_SCALE_ALIGN) if gemm2_weights_scale is not None else stand_in,
                 p(act), p(plan.permuted_idx_to_expanded_idx, align=4), p(plan.tile_info, align=4),
-                p(plan.counters, align=4), p(out), stand_in, stand_in, stand_in, stand_in, h, inter, h,
+                p(plan.counters, align=4), p(out), stand_in, stand_in, stand_in, stand_in, stand_in, h, inter, h,
                 plan.shape.top_k, local, max_tiles, _num_ctas(config, tile, device, max_tiles, h), config.pdl,
                 runtime.current_stream())
     return out
@@ -225,12 +226,12 @@ def gemm_kernel(key: Tuple, arch: str):
 
 
 def launch_gemm(kernel, weights: int, scale: int, x: int, p2e: int, tile_info: int, counters: int,
-                out: int, lora: int, alpha: int, beta: int, clamp: int, m: int, k: int, n_out: int, top_k: int,
-                local_num_experts: int, max_tiles: int, num_ctas: int, pdl: bool, stream: int) -> None:
+                out: int, lora: int, alpha: int, beta: int, clamp: int, out_scale: int, m: int, k: int, n_out: int,
+                top_k: int, local_num_experts: int, max_tiles: int, num_ctas: int, pdl: bool, stream: int) -> None:
     """Launch a grouped GEMM (``gemm_kernel`` of an ``fc1_kernel_key`` / ``fc2_kernel_key``) on addresses:
     ``m`` weight rows, ``k`` the reduction, ``n_out`` the output row width (GroupedGemm.__call__);
     operands a kernel does not read take any aligned address."""
-    kernel(weights, scale, x, p2e, tile_info, counters, out, lora, alpha, beta, clamp, m, k, n_out, top_k,
+    kernel(weights, scale, x, p2e, tile_info, counters, out, lora, alpha, beta, clamp, out_scale, m, k, n_out, top_k,
            local_num_experts, max_tiles, num_ctas, int(pdl), stream)
 
 

@@ -32,6 +32,10 @@ def fused_moe(
     gemm1_scale: Optional[torch.Tensor],
     gemm2: torch.Tensor,
     gemm2_scale: Optional[torch.Tensor],
+    gemm1_out_scale: Optional[torch.Tensor],
+    gemm2_out_scale: Optional[torch.Tensor],
+    gemm1_input_scale: Optional[torch.Tensor],
+    gemm2_input_scale: Optional[torch.Tensor],
     routing_logits: Optional[torch.Tensor],
     routing_bias: Optional[torch.Tensor],
     topk_ids: Optional[torch.Tensor],
@@ -58,7 +62,8 @@ def fused_moe(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     call = MoeCall(
         mode=RoutingInputMode(routing_input_mode), hidden_states=hidden_states,
-        weights=ExpertWeights(weight_kind, gemm1, gemm2, gemm1_scale, gemm2_scale),
+        weights=ExpertWeights(weight_kind, gemm1, gemm2, gemm1_scale, gemm2_scale, gemm1_out_scale, gemm2_out_scale,
+                              gemm1_input_scale, gemm2_input_scale),
         num_experts=num_experts, top_k=top_k, n_group=n_group, topk_group=topk_group,
         intermediate_size=intermediate_size, local_expert_offset=local_expert_offset,
         local_num_experts=local_num_experts, routed_scaling_factor=routed_scaling_factor,
@@ -83,7 +88,8 @@ def fused_moe(
 
 @fused_moe.register_fake
 def _fused_moe_fake(routing_input_mode, hidden_states, weight_kind, gemm1, gemm1_scale, gemm2, gemm2_scale,
-                    routing_logits, routing_bias, topk_ids, topk_weights, routing_replay_out,
+                    gemm1_out_scale, gemm2_out_scale, gemm1_input_scale, gemm2_input_scale, routing_logits,
+                    routing_bias, topk_ids, topk_weights, routing_replay_out,
                     gemm1_lora_delta, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, output, num_experts,
                     top_k, n_group, topk_group, intermediate_size, local_expert_offset, local_num_experts,
                     routed_scaling_factor, routing_method_type, activation_type, norm_topk_prob,
@@ -126,7 +132,7 @@ def call_fused_moe(call: MoeCall) -> List[torch.Tensor]:
         replay = torch.empty(0, call.top_k, dtype=torch.int16, device=dev)
     w = call.weights
     gemm2_output, weights, perm, act = fused_moe(
-        int(call.mode), call.hidden_states, w.kind, w.gemm1, w.gemm1_scale, w.gemm2, w.gemm2_scale,
+        int(call.mode), call.hidden_states, w.kind, w.gemm1, w.gemm1_scale, w.gemm2, w.gemm2_scale, *w.vectors,
         call.routing_logits, call.routing_bias, call.topk_ids, call.topk_weights, replay,
         call.gemm1_lora_delta, call.gemm1_alpha, call.gemm1_beta, call.gemm1_clamp_limit, output,
         call.num_experts, call.top_k, call.n_group, call.topk_group, call.intermediate_size,

@@ -25,7 +25,8 @@ from . import validate
 from .enums import ActivationType, RoutingInputMode
 from .gemm import launch_gemm
 from .kernels import runtime
-from .kernels.gemm_config import INT4_SCALE_ALIGN, GemmConfig
+from .activation_quant import launch_quantize
+from .kernels.gemm_config import FP4_SCALE_ALIGN, INT4_SCALE_ALIGN, GemmConfig
 from .kernels.topk_pack import launch_unpack_topk
 from .plan import PlanShape
 from .routing import PlanPointers, launch_combine, launch_plan, launch_route
@@ -34,13 +35,21 @@ from .select import ENV_VARIANT
 
 @dataclass(frozen=True)
 class ExpertWeights:
-    """Prepared expert weights of one call: ``kind`` is "bf16" or "mxint4"."""
+    """Prepared expert weights of one call: ``kind`` is "bf16", "mxint4" or "nvfp4" (b12x's FP4
+    experts). NVFP4 experts also carry float32 ``[L]`` vectors: ``gemm1_out_scale`` /
+    ``gemm2_out_scale`` multiply FC1's accumulators (before the activation) and FC2's;
+    ``gemm1_input_scale`` / ``gemm2_input_scale`` (both or neither) are the global scales with
+    which FC1's and FC2's inputs are quantized to NVFP4 (cute_moe.kernels.fp4_quantize)."""
 
     kind: str
     gemm1: torch.Tensor
     gemm2: torch.Tensor
     gemm1_scale: Optional[torch.Tensor] = None
     gemm2_scale: Optional[torch.Tensor] = None
+    gemm1_out_scale: Optional[torch.Tensor] = None
+    gemm2_out_scale: Optional[torch.Tensor] = None
+    gemm1_input_scale: Optional[torch.Tensor] = None
+    gemm2_input_scale: Optional[torch.Tensor] = None
 
     @classmethod
     def bf16(cls, gemm1, gemm2) -> "ExpertWeights":
@@ -49,6 +58,21 @@ class ExpertWeights:
     @classmethod
     def mxint4(cls, gemm1, gemm1_scale, gemm2, gemm2_scale) -> "ExpertWeights":
         return cls("mxint4", gemm1, gemm2, gemm1_scale, gemm2_scale)
+
+    @classmethod
+    def nvfp4(cls, gemm1, gemm1_scale, gemm2, gemm2_scale, gemm1_out_scale, gemm2_out_scale,
+              gemm1_input_scale=None, gemm2_input_scale=None) -> "ExpertWeights":
+        return cls("nvfp4", gemm1, gemm2, gemm1_scale, gemm2_scale, gemm1_out_scale, gemm2_out_scale,
+                   gemm1_input_scale, gemm2_input_scale)
+
+    @property
+    def quantizes_inputs(self) -> bool:
+        return self.gemm1_input_scale is not None
+
+    @property
+    def vectors(self) -> Tuple[Optional[torch.Tensor], ...]:
+        """The per-expert float32 vectors, in ExpertWeights.nvfp4's order."""
+        return self.gemm1_out_scale, self.gemm2_out_scale, self.gemm1_input_scale, self.gemm2_input_scale
 
 
 @dataclass
@@ -121,6 +145,7 @@ def call_signature(call: MoeCall) -> Tuple:
             _meta(c.topk_weights), _meta(c.routing_replay_out), _meta(c.gemm1_lora_delta), _meta(c.gemm1_alpha),
             _meta(c.gemm1_beta), _meta(c.gemm1_clamp_limit), _meta(c.output),
             w.kind, _meta(w.gemm1), _meta(w.gemm2), _meta(w.gemm1_scale), _meta(w.gemm2_scale),
+            *(_meta(v) for v in w.vectors),
             _typed(c.mode), _typed(c.num_experts), _typed(c.top_k), _typed(c.n_group), _typed(c.topk_group),
             _typed(c.intermediate_size), _typed(c.local_expert_offset), _typed(c.local_num_experts),
             _typed(c.routed_scaling_factor), _typed(c.routing_method_type), _typed(c.activation_type),
@@ -160,6 +185,7 @@ class CallRecipe:
     config: GemmConfig
     plan: PlanShape
     route: Optional[Callable]  # FromLogits: the routing kernel
+    quantize: Optional[Tuple[Callable, Callable]]  # NVFP4 inputs: (x rows, FC1's act in place)
     unpack: Optional[Callable]  # PackedPrecomputed: the unpacking kernel
     plan_kernels: List[Callable]
     fc1: Callable
@@ -209,18 +235,26 @@ class CallRecipe:
             "counters": (16, True),
             "plan_workspace": (4 * plan_workspace_ints(shape), True),
             "act": (2 * rows * inter, not lora),
+            "x_quantized": (2 * rows * h if call.weights.quantizes_inputs else 0, True),
             "gemm2_output": (2 * rows * h, finalize),
         })
         m = (2 if act.is_gated else 1) * inter
         kind = call.weights.kind
+        out_scale = call.weights.gemm1_out_scale is not None
+        quantize = None
+        if call.weights.quantizes_inputs:
+            from .activation_quant import quantize_kernel
+
+            quantize = (quantize_kernel(arch, gather=True), quantize_kernel(arch, gather=False))
         fc1 = gemm_kernel(fc1_kernel_key(config.fc1, config.variant, act, lora, call.gemm1_alpha is not None,
-                                         call.gemm1_beta is not None, call.gemm1_clamp_limit is not None, kind), arch)
-        fc2 = gemm_kernel(fc2_kernel_key(config.fc2, config.variant, kind), arch)
+                                         call.gemm1_beta is not None, call.gemm1_clamp_limit is not None, kind,
+                                         has_out_scale=out_scale, gather_rows=quantize is None), arch)
+        fc2 = gemm_kernel(fc2_kernel_key(config.fc2, config.variant, kind, has_out_scale=out_scale), arch)
         weights_f32 = call.topk_weights is not None and call.topk_weights.dtype == torch.float32
         combine = combine_kernel(arch, k, weights_f32) if finalize else None
         scale = 1.0 if call.routed_scaling_factor is None else float(call.routed_scaling_factor)
         return cls(device.index if device.index is not None else torch.cuda.current_device(), config, shape, route,
-                   unpack, plan_kernels(arch, plan_is_single_cta(shape)), fc1, fc2, combine,
+                   quantize, unpack, plan_kernels(arch, plan_is_single_cta(shape)), fc1, fc2, combine,
                    _num_ctas(config, config.fc1, device, tiles, m), _num_ctas(config, config.fc2, device, tiles, h),
                    m, scale, layout)
 
@@ -260,15 +294,18 @@ def run_moe(call: MoeCall) -> List[torch.Tensor]:
     for name, x in ((name, getattr(call, name)) for name in _VECTOR_FIELDS):
         if x is not None:
             validate.check_aligned(x, name)
-    for name, x in (("gemm1_weights", w.gemm1), ("gemm2_weights", w.gemm2), ("gemm1_weights_scale", w.gemm1_scale),
-                    ("gemm2_weights_scale", w.gemm2_scale)):
+    scale_align = FP4_SCALE_ALIGN if w.kind == "nvfp4" else INT4_SCALE_ALIGN
+    for name, x, align in (("gemm1_weights", w.gemm1, 16), ("gemm2_weights", w.gemm2, 16),
+                           ("gemm1_weights_scale", w.gemm1_scale, scale_align),
+                           ("gemm2_weights_scale", w.gemm2_scale, scale_align)):
         if x is not None:
-            validate.check_aligned(x, name)
+            validate.check_aligned(x, name, align)
 
     p = runtime.ptr
     w1, w2 = p(w.gemm1), p(w.gemm2)
-    s1 = p(w.gemm1_scale, align=INT4_SCALE_ALIGN) if w.gemm1_scale is not None else w1
-    s2 = p(w.gemm2_scale, align=INT4_SCALE_ALIGN) if w.gemm2_scale is not None else w2
+    s1 = p(w.gemm1_scale, align=scale_align) if w.gemm1_scale is not None else w1
+    s2 = p(w.gemm2_scale, align=scale_align) if w.gemm2_scale is not None else w2
+    out1, out2, in1, in2 = (p(v, align=4) if v is not None else w1 for v in w.vectors)
     x = p(call.hidden_states)
     lora = p(call.gemm1_lora_delta) if call.gemm1_lora_delta is not None else x
     alpha, beta, clamp = (p(v, align=4) if v is not None else x
@@ -313,10 +350,18 @@ def run_moe(call: MoeCall) -> List[torch.Tensor]:
     rows, inter, local, tiles = shape.max_padded_rows, int(call.intermediate_size), shape.local_num_experts, shape.max_tiles
     pdl = recipe.config.pdl
     act = buf("act", (rows, inter), torch.bfloat16)
-    launch_gemm(recipe.fc1, w1, s1, x, plan.p2e, plan.tiles, plan.counters, act, lora, alpha, beta, clamp,
+    fc1_x = x
+    if recipe.quantize is not None:  # NVFP4 inputs: x's rows quantized per routed expert, in plan order
+        fc1_x = buf("x_quantized")
+        launch_quantize(recipe.quantize[0], x, fc1_x, in1, plan.p2e, plan.tiles, plan.counters, h, k, local, tiles,
+                        shape.tile_rows, stream)
+    launch_gemm(recipe.fc1, w1, s1, fc1_x, plan.p2e, plan.tiles, plan.counters, act, lora, alpha, beta, clamp, out1,
                 recipe.fc1_rows, h, inter, k, local, tiles, recipe.fc1_ctas, pdl, stream)
+    if recipe.quantize is not None:
+        launch_quantize(recipe.quantize[1], act, act, in2, plan.p2e, plan.tiles, plan.counters, inter, k, local,
+                        tiles, shape.tile_rows, stream)
     gemm2 = buf("gemm2_output", (rows, h), torch.bfloat16)
-    launch_gemm(recipe.fc2, w2, s2, act, plan.p2e, plan.tiles, plan.counters, gemm2, act, act, act, act, h, inter,
+    launch_gemm(recipe.fc2, w2, s2, act, plan.p2e, plan.tiles, plan.counters, gemm2, act, act, act, act, out2, h, inter,
                 h, k, local, tiles, recipe.fc2_ctas, pdl, stream)
 
     extra = [own["act"]] if call.gemm1_lora_delta is not None else []

@@ -595,7 +595,45 @@ def validate_moe_call(call, *, require_cuda: bool = True) -> RoutingInputMode:
             _fail_value("activation_type", "Swiglu for mxint4 weights", call.activation_type)
         return validate_mxint4_moe_args(gemm1_weights=w.gemm1, gemm1_weights_scale=w.gemm1_scale,
                                         gemm2_weights=w.gemm2, gemm2_weights_scale=w.gemm2_scale, **common)
-    _fail_value("weights", 'kind "bf16" or "mxint4"', repr(w.kind))
+    if w.kind == "nvfp4":
+        return _validate_nvfp4_call(call, common)
+    _fail_value("weights", 'kind "bf16", "mxint4" or "nvfp4"', repr(w.kind))
+
+
+def _validate_nvfp4_call(call, common) -> RoutingInputMode:
+    """A MoeCall with b12x's FP4 experts (what cute_moe.b12x builds after validate_b12x_args)."""
+    t, h, device = validate_hidden_states(call.hidden_states, require_cuda=common["require_cuda"])
+    mode = _validate_routing_input(
+        routing_logits=None, routing_bias=None, topk_ids=common["topk_ids"], allow_pair=True, num_tokens=t,
+        device=device, num_experts=call.num_experts, top_k=call.top_k, n_group=None, topk_group=None,
+        local_expert_offset=call.local_expert_offset, local_num_experts=call.local_num_experts,
+        routed_scaling_factor=None, routing_method_type=0, norm_topk_prob=True, routing_replay_out=None)
+    act = ActivationType(int(call.activation_type))
+    if act not in (ActivationType.Swiglu, ActivationType.Relu2):
+        _fail_value("activation_type", "Swiglu or Relu2 for nvfp4 weights", act.name)
+    w = call.weights
+    inter = validate_b12x_weights(w1_weight=w.gemm1, w1_weight_sf=w.gemm1_scale, w2_weight=w.gemm2,
+                                  w2_weight_sf=w.gemm2_scale, w1_alpha=w.gemm1_out_scale, w2_alpha=w.gemm2_out_scale,
+                                  hidden_size=h, local_num_experts=call.local_num_experts,
+                                  gated=act == ActivationType.Swiglu, device=device)
+    if inter != call.intermediate_size:
+        _fail_value("intermediate_size", f"{inter} (from w2_weight)", call.intermediate_size)
+    _check_multiple("hidden_size", h, NVFP4_K_MULTIPLE, "the FP4 kernels stage 128 values of a row at a time")
+    _check_multiple("intermediate_size", inter, NVFP4_K_MULTIPLE, "the FP4 kernels stage 128 values of a row at a time")
+    if (w.gemm1_input_scale is None) != (w.gemm2_input_scale is None):
+        _fail_value("weights", "both input scales or neither", "one")
+    for name, v in (("gemm1_out_scale", w.gemm1_out_scale), ("gemm2_out_scale", w.gemm2_out_scale),
+                    ("gemm1_input_scale", w.gemm1_input_scale), ("gemm2_input_scale", w.gemm2_input_scale)):
+        if v is not None:
+            check_tensor(v, name, dtypes=(torch.float32,), shape=(call.local_num_experts,))
+            _check_on(v, name, device)
+    if call.gemm1_lora_delta is not None or call.gemm1_alpha is not None or call.gemm1_beta is not None \
+            or call.gemm1_clamp_limit is not None:
+        _fail_value("gemm1_lora_delta / gemm1_alpha / gemm1_beta / gemm1_clamp_limit", "None for nvfp4 weights",
+                    "a tensor")
+    validate_output(call.output, num_tokens=t, hidden_size=h, do_finalize=_check_bool("do_finalize", call.do_finalize),
+                    device=device)
+    return mode
 
 
 # ---------------------------------------------------------------------------------------------
@@ -606,6 +644,7 @@ B12X_QUANT_MODE_ALIASES = {"nvfp4": "nvfp4", "w4a4": "nvfp4", "fp4": "nvfp4", "w
 B12X_ACTIVATION_PRECISIONS = {"fp4": "nvfp4", "bf16": "w4a16"}
 B12X_ACTIVATIONS = {"silu": True, "relu2": False}  # name -> gated
 B12X_SOURCE_FORMATS = ("modelopt", "compressed_tensors")
+NVFP4_K_MULTIPLE = 128  # H and I: the FP4 kernels stage two 64-value k-blocks of a row per step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -629,8 +668,14 @@ def _check_b12x_scales(sf, name: str, experts: int, rows: int, cols: int, device
 
     check_tensor(sf, name, dtypes=(torch.float8_e4m3fn, torch.uint8), ndim=6, contiguous=False)
     rp, cp = padded_scale_shape(rows, cols)
-    check_shape(sf, name, (32, 4, rp // 128, 4, cp // 4, experts),
-                f"(32, 4, Rp/128, 4, Cp/4, E) for [{experts}, {rows}, {cols}] ue4m3 block scales")
+    shape = (32, 4, rp // 128, 4, cp // 4, experts)
+    check_shape(sf, name, shape, f"(32, 4, Rp/128, 4, Cp/4, E) for [{experts}, {rows}, {cols}] ue4m3 block scales")
+    # the kernels read the interleaved storage behind the view: the strides must be the view's
+    tile = 512
+    strides = (16, 4, (cp // 4) * tile, 1, tile, (rp // 128) * (cp // 4) * tile)
+    if any(n > 1 and st != want for n, st, want in zip(shape, sf.stride(), strides)):
+        _fail_value(name, f"the strided view prepare_b12x_fp4_moe_weights returns (strides {strides})",
+                    f"strides {tuple(sf.stride())}")
     _check_on(sf, name, device)
 
 

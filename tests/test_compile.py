@@ -11,12 +11,17 @@ from cute_moe.kernels import runtime
 from cute_moe.enums import RoutingMethodType as RM
 from cute_moe.kernels import combine as combine_k, plan as plan_k, routing as routing_k
 from cute_moe.kernels import grouped_gemm as gemm_k
-from cute_moe.kernels import topk_pack
+from cute_moe.kernels import fp4_quantize, topk_pack
 from cute_moe.kernels.gemm_config import TileConfig
 
 MMA_BF16 = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
 
 VARIANTS = [
+    # NVFP4 activation quantizer: ue4m3 rounding by the e4m3 conversion, IEEE division for e2m1
+    ("nvfp4_quantize_gather", lambda: fp4_quantize.QuantizeRows(True), fp4_quantize.quantize_example_args,
+     ["cvt.rn.satfinite.e4m3x2.f32", "cvt.rn.f16x2.e4m3x2", "div.rn.f32", "ld.global.v4", "st.global.v4"]),
+    ("nvfp4_quantize_in_place", lambda: fp4_quantize.QuantizeRows(False), fp4_quantize.quantize_example_args,
+     ["cvt.rn.satfinite.e4m3x2.f32", "div.rn.f32", "st.global.v4"]),
     ("pack_topk_bf16", lambda: topk_pack.PackTopk(False), lambda: topk_pack.pack_example_args(False), ["st.global.b32"]),
     ("pack_topk_f32", lambda: topk_pack.PackTopk(True), lambda: topk_pack.pack_example_args(True), ["st.global.b32"]),
     ("unpack_topk", topk_pack.UnpackTopk, topk_pack.unpack_example_args, ["shr.s32", "st.global.b16"]),

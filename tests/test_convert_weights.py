@@ -514,7 +514,9 @@ def test_modelopt_nvfp4_converts_to_b12x_tensors(tmp_path, capsys, seeded, gated
         nv = reference_b12x_fused_moe(*args, w1_alpha=written["w1_alpha"], w2_alpha=written["w2_alpha"],
                                       fc2_input_scale=written["fc2_input_scale"],
                                       input_global_scale=written["input_global_scale"], activation=act)
-        assert ((nv.output_f32 - ref.output_f32).norm() / ref.output_f32.norm()).item() < 0.25
+        # two NVFP4 quantizations: 0.15-0.20 gated; relu2 squares FC1's error (0.12-0.29 over 24 seeds)
+        bound = 0.25 if gated else 0.4
+        assert ((nv.output_f32 - ref.output_f32).norm() / ref.output_f32.norm()).item() < bound
 
 
 def test_modelopt_nvfp4_gate_and_up_scales_must_agree(tmp_path, capsys, seeded):

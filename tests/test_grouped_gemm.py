@@ -44,18 +44,31 @@ VARIANTS = [
     ("fc2_micro_64x16", lambda: GroupedGemm("fc2", TileConfig(64, 16, 4, 1, 8), "m_fastest")),
     ("int4_fc1_micro_64x8_swiglu_lora_oss", lambda: GroupedGemm("fc1", TileConfig(64, 8, 4, 1, 8), "m_fastest",
                                                                 has_lora=True, has_alpha=True, has_beta=True,
-                                                                has_clamp=True, int4_weights=True)),
+                                                                has_clamp=True, weight_format="mxint4")),
     ("int4_fc1_dynamic_128x64_swiglu", lambda: GroupedGemm("fc1", TileConfig(128, 64, 2, 2, 4), "persistent",
-                                                           int4_weights=True)),
+                                                           weight_format="mxint4")),
     ("int4_fc2_static_128x32", lambda: GroupedGemm("fc2", TileConfig(128, 32, 4, 1, 4), "tiles_fastest",
-                                                   int4_weights=True)),
+                                                   weight_format="mxint4")),
     ("int4_fc2_dynamic_256x128", lambda: GroupedGemm("fc2", TileConfig(256, 128, 4, 2, 3), "persistent",
-                                                     int4_weights=True)),
+                                                     weight_format="mxint4")),
+    # b12x FP4 experts: FC1 with the per-expert output scale, gathered (w4a16) or permuted
+    # (nvfp4, quantized) token rows, silu and relu2; FC2 with its scale
+    ("fp4_fc1_micro_64x8_swiglu_scaled", lambda: GroupedGemm("fc1", TileConfig(64, 8, 4, 1, 8), "m_fastest",
+                                                             weight_format="nvfp4", has_out_scale=True)),
+    ("fp4_fc1_dynamic_128x64_relu2_permuted", lambda: GroupedGemm(
+        "fc1", TileConfig(128, 64, 2, 2, 4), "persistent", activation=RELU2, weight_format="nvfp4",
+        has_out_scale=True, gather_rows=False)),
+    ("fp4_fc2_static_128x32_scaled", lambda: GroupedGemm("fc2", TileConfig(128, 32, 4, 1, 4), "tiles_fastest",
+                                                         weight_format="nvfp4", has_out_scale=True)),
+    ("fp4_fc2_dynamic_256x128_scaled", lambda: GroupedGemm("fc2", TileConfig(256, 128, 4, 2, 3), "persistent",
+                                                           weight_format="nvfp4", has_out_scale=True)),
 ]
 PTX_NEEDLES = ["mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", "ldmatrix.sync.aligned",
                "cp.async.cg.shared.global", "cp.async.wait_group", "st.global.v4"]
 # the int4 path adds 4-byte cp.async of the scale pairs and the lop3 / bf16x2-fma dequantization
 INT4_PTX_NEEDLES = ["cp.async.ca.shared.global", "lop3.b32", "fma.rn.bf16x2", "st.shared.v4"]
+# FP4: the e2m1 / ue4m3 bit placement (no lop3: and / shl / or) and the exponent fix-up multiply
+FP4_PTX_NEEDLES = ["cp.async.ca.shared.global", "prmt.b32", "fma.rn.bf16x2", "st.shared.v4"]
 STACK_BUDGET_BYTES = 0  # no spills, no local arrays
 
 
@@ -103,11 +116,12 @@ def test_variant_compiles_without_spills(arch, name, make):
     import cutlass.cute as cute
 
     kernel = make()
-    compiled = cute.compile(kernel, *example_args(kernel.int4),
+    compiled = cute.compile(kernel, *example_args(kernel.weight_format),
                             options=f"--gpu-arch {arch} --keep-ptx --keep-cubin --dump-dir {runtime._dump_dir()}")
     ptx = compiled.artifacts.PTX
     assert f".target {arch}" in ptx
-    for needle in PTX_NEEDLES + (INT4_PTX_NEEDLES if kernel.int4 else []):
+    extra = {"bf16": [], "mxint4": INT4_PTX_NEEDLES, "nvfp4": FP4_PTX_NEEDLES}[kernel.weight_format]
+    for needle in PTX_NEEDLES + extra:
         assert needle in ptx, f"{name} on {arch}: '{needle}' missing from the PTX"
     assert ".local" not in ptx, f"{name} on {arch}: local memory in the PTX"
     res = cubin_resources(compiled.artifacts.CUBIN)
@@ -137,7 +151,7 @@ WGMMA_PTX_NEEDLES = ["wgmma.mma_async.sync.aligned.m64n", "wgmma.commit_group", 
 def test_wgmma_variant_compiles_for_sm90(name, make):
     import cutlass.cute as cute
 
-    compiled = cute.compile(make(), *example_args(False),
+    compiled = cute.compile(make(), *example_args("bf16"),
                             options=f"--gpu-arch sm_90a --keep-ptx --keep-cubin --dump-dir {runtime._dump_dir()}")
     ptx = compiled.artifacts.PTX
     for needle in WGMMA_PTX_NEEDLES:
@@ -159,7 +173,7 @@ def test_wgmma_is_sm90_bf16_only():
             select_config(num_tokens=4096, top_k=8, hidden_size=2048, intermediate_size=768, local_num_experts=128,
                           arch=arch, weight_kind=kind, variant="wgmma")
     with pytest.raises(ValueError, match="(?i)wgmma"):
-        WgmmaGroupedGemm("fc1", tile, "persistent", int4_weights=True)
+        WgmmaGroupedGemm("fc1", tile, "persistent", weight_format="mxint4")
     with pytest.raises(ValueError, match="(?i)wgmma"):
         WgmmaGroupedGemm("fc1", TileConfig(128, 128, 2, 2, 3), "persistent")
     with pytest.raises(ValueError, match="(?i)wgmma"):

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU session's worth of checks, under $OUT (default ./out): logs, JSON lines, plots.
-#   bash tools/device_check.sh [tests|bench|bench-mxint4|bench-prefill|eager|first-call|sanitize|all] [pytest -k expression]
+#   bash tools/device_check.sh [tests|bench|bench-mxint4|bench-nvfp4|bench-prefill|eager|first-call|sanitize|all] [pytest -k expression]
 # tests: every GPU test (errors vs the float reference recorded in errors.jsonl);
-# bench: the bf16 presets; bench-mxint4: MXINT4 next to bf16 on the same shapes;
+# bench: the bf16 presets; bench-mxint4: MXINT4 next to bf16 on the same shapes; bench-nvfp4:
+# b12x_fused_moe (w4a16 and nvfp4, FP4 byte floor) next to the bf16 routed path on the same weights;
 # bench-prefill: the prefill table of docs/gemm_notes.md (SM90 wgmma: selector's choice, the forced
 # warp-MMA dynamic variant and the torch._grouped_mm pipeline at T = 512, 4096, 16384);
 # eager: host and wall time of eager calls next to graph replay; first-call: a fresh process's
@@ -30,6 +31,14 @@ if [[ $what == bench-mxint4 || $what == all ]]; then
     name=${preset%% *}
     bench --preset $preset --impl cute_mxint4 --impl cute_bf16 --impl torch_grouped_mm \
       --out "$OUT/bench_mxint4_$name.jsonl" --plot "$OUT/bench_mxint4_$name.png" | tee -a "$OUT/bench.txt"
+  done
+  tr '\r' '\n' <"$OUT/bench_err.txt" | grep -v "point/s\|s/point" | tail -8
+fi
+if [[ $what == bench-nvfp4 || $what == all ]]; then
+  for preset in "qwen3-30b-a3b-nvfp4" "deepseek-v3-nvfp4 --experts 64"; do
+    name=${preset%% *}
+    bench --preset $preset --tokens 1,8,64,512 --impl cute_w4a16 --impl cute_nvfp4 --impl cute_bf16_routed \
+      --impl torch_grouped_mm --out "$OUT/bench_$name.jsonl" --plot "$OUT/bench_$name.png" | tee -a "$OUT/bench.txt"
   done
   tr '\r' '\n' <"$OUT/bench_err.txt" | grep -v "point/s\|s/point" | tail -8
 fi

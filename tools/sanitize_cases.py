@@ -4,7 +4,8 @@
 
 routing (every method family, with bias and replay), unpacking of packed routing, the plan (one
 CTA and chunked), the grouped GEMMs (bf16: micro, static, dynamic, wgmma on SM90; Relu2; SwiGLU
-with alpha / beta / clamp and LoRA; MXINT4), the combine (bf16 and float32 weights). Prints one
+with alpha / beta / clamp and LoRA; MXINT4; b12x FP4 w4a16 and nvfp4 with its activation
+quantizer), the combine (bf16 and float32 weights). Prints one
 line per case; the optional argument keeps the cases whose name contains it.
 """
 
@@ -75,6 +76,31 @@ def main() -> int:
                           cute_moe.trtllm_mxint4_block_scale_routed_moe(
                               p, x, m1, m1s, None, None, None, m2, m2s, e, k, None, None, ii, 0, e, None,
                               routing_method_type=int(RM.Renormalize), gemm_variant=v)))
+    # b12x FP4 experts: w4a16 and nvfp4 (the activation quantizer), silu and relu2
+    from cute_moe.layouts.quantize import quantize_nvfp4
+    from cute_moe.prepare import prepare_b12x_fp4_moe_weights
+
+    def fp4(w):
+        q = [quantize_nvfp4(w[x]) for x in range(w.shape[0])]
+        return (torch.stack([p for p, _, _ in q]), torch.stack([sc for _, sc, _ in q]),
+                torch.stack([1.0 / g for _, _, g in q]).float())
+
+    for act, rows in (("silu", 2 * ii), ("relu2", ii)):
+        p1, sc1, a1 = fp4(v1[:, :rows])
+        p2, sc2, a2 = fp4(v2)
+        b = prepare_b12x_fp4_moe_weights(p1, sc1, p2, sc2)
+        for t in (3, 300):
+            x = torch.randn(t, hi, device=dev).to(torch.bfloat16)
+            ids, weights = cute_moe.route(torch.randn(t, e, device=dev), None, k, RM.Renormalize)
+            for mode in ("w4a16", "nvfp4"):
+                extra = dict(fc2_input_scale=torch.full((e,), 0.01, device=dev)) if mode == "nvfp4" else {}
+                for variant in ("micro", "dynamic"):
+                    cases.append((f"b12x {mode} {act} T={t} {variant}",
+                                  lambda x=x, ids=ids, w=weights, b=b, a1=a1, a2=a2, m=mode, v=variant, ex=extra,
+                                  act=act: cute_moe.b12x_fused_moe(
+                                      x, b["w1_weight"], b["w1_weight_sf"], b["w2_weight"], b["w2_weight_sf"], ids,
+                                      w.float(), e, k, w1_alpha=a1, w2_alpha=a2, activation=act, quant_mode=m,
+                                      gemm_variant=v, **ex)))
     only = sys.argv[1] if len(sys.argv) > 1 else ""  # run the cases whose name contains this
     cases = [(name, case) for name, case in cases if only in name]
     for name, case in cases:

@@ -23,6 +23,7 @@ class InputSet:
     bias: Optional[torch.Tensor]  # [E] bf16 (DeepSeekV3-style routing only)
     packed_topk: torch.Tensor  # [T, K] int32, the routing of `logits`, for the routed entry points
     topk_ids: torch.Tensor  # [T, K] int32
+    topk_weights: torch.Tensor  # [T, K] float32
 
 
 class PresetWeights:
@@ -36,12 +37,15 @@ class PresetWeights:
         self.w2 = (torch.randn(e, h, i, generator=g, device=device) * i**-0.5).to(torch.bfloat16)
         self.shape = shape
         self.gemm1 = self.gemm2 = None
-        self.mxint4 = None
-        if shape.weight_format != "bf16":
+        self.mxint4 = self.nvfp4 = None
+        if shape.weight_format == "mxint4":
             self.mxint4 = _prepare_mxint4(shape, self.w1, self.w2)
+        elif shape.weight_format == "nvfp4":
+            self.nvfp4 = _prepare_nvfp4(shape, self.w1, self.w2)
+        if shape.weight_format != "bf16":
             # The bf16 path and the peers run on the dequantized weights: every implementation
             # computes the same function.
-            self.w1, self.w2 = self.mxint4.pop("dequantized")
+            self.w1, self.w2 = (self.mxint4 or self.nvfp4).pop("dequantized")
         self.gemm1, self.gemm2 = prepare_bf16_moe_weights(self.w1, self.w2, shape.activation)
         self.swiglu = _swiglu_tensors(shape, device)
 
@@ -65,6 +69,29 @@ def _prepare_mxint4(shape: MoeShape, w1: torch.Tensor, w2: torch.Tensor) -> Dict
             "gemm2_weights_scale": g2s, "dequantized": deq}
 
 
+def _prepare_nvfp4(shape: MoeShape, w1: torch.Tensor, w2: torch.Tensor) -> Dict[str, object]:
+    """NVFP4 experts (one global scale per expert and matrix) as b12x_fused_moe takes them, their
+    decode scales, and the dequantized bf16 weights (the global scale folded in)."""
+    from ..layouts.quantize import dequantize_nvfp4, quantize_nvfp4
+    from ..prepare import prepare_b12x_fp4_moe_weights
+
+    out = {}
+    deq = []
+    for name, w in (("w1", w1), ("w2", w2)):
+        packed, scales, alphas, floats = [], [], [], []
+        for e in range(w.shape[0]):
+            p, s, g = quantize_nvfp4(w[e].float())
+            packed.append(p)
+            scales.append(s)
+            alphas.append(1.0 / g)
+            floats.append(dequantize_nvfp4(p, s, g).to(torch.bfloat16))
+        out[name] = (torch.stack(packed), torch.stack(scales))
+        out[f"{name}_alpha"] = torch.stack(alphas).float()
+        deq.append(torch.stack(floats))
+    prepared = prepare_b12x_fp4_moe_weights(*out.pop("w1"), *out.pop("w2"))
+    return {**prepared, **out, "dequantized": tuple(deq)}
+
+
 def make_input_sets(shape: MoeShape, num_tokens: int, count: int, device="cuda", seed: int = 1) -> List[InputSet]:
     from ..routing_ref import pack_topk_reference, route_reference
 
@@ -79,7 +106,7 @@ def make_input_sets(shape: MoeShape, num_tokens: int, count: int, device="cuda",
         ids, weights = route_reference(logits, bias, shape.top_k, shape.routing_method, n_group=shape.n_group,
                                        topk_group=shape.topk_group,
                                        routed_scaling_factor=shape.routed_scaling_factor)
-        sets.append(InputSet(hidden, logits, bias, pack_topk_reference(ids, weights), ids))
+        sets.append(InputSet(hidden, logits, bias, pack_topk_reference(ids, weights), ids, weights.float()))
     return sets
 
 
@@ -105,7 +132,11 @@ def implementations(weights: PresetWeights, variants: bool) -> Dict[str, Callabl
                 s.logits, s.bias, s.hidden, q["gemm1_weights"], q["gemm1_weights_scale"],
                 weights.swiglu["gemm1_alpha"], weights.swiglu["gemm1_beta"], weights.swiglu["gemm1_clamp_limit"],
                 q["gemm2_weights"], q["gemm2_weights_scale"], gemm_variant=v, **kw)
-        if variant is None or weights.mxint4 is None:
+        if weights.nvfp4 is not None and variant != "wgmma":
+            for mode in ("w4a16", "nvfp4"):
+                impls[f"cute_{mode}" + suffix] = lambda s, v=variant, m=mode: _b12x(weights, s, m, v)
+        quantized = weights.mxint4 is not None or weights.nvfp4 is not None
+        if variant is None or not quantized:
             act = int(shape.activation)
             impls["cute_bf16" + suffix] = lambda s, v=variant: moe.trtllm_bf16_moe(
                 s.logits, s.bias, s.hidden, weights.gemm1, weights.gemm2, activation_type=act,
@@ -119,6 +150,24 @@ def implementations(weights: PresetWeights, variants: bool) -> Dict[str, Callabl
     impls[grouped.name] = lambda s: grouped(s.hidden, s.logits, s.bias)
     impls[loop.name] = lambda s: loop(s.hidden, s.logits, s.bias)
     return impls
+
+
+def _b12x(weights: PresetWeights, s: InputSet, mode: str, variant: Optional[str]):
+    """b12x_fused_moe on the preset's NVFP4 experts; nvfp4 quantizes x and FC1's activation with
+    global scales folded into the alphas, as a ModelOpt checkpoint's input scales are."""
+    from ..b12x import b12x_fused_moe
+
+    q, shape = weights.nvfp4, weights.shape
+    kw = {}
+    if mode == "nvfp4":
+        if "input_scale" not in q:
+            q["input_scale"] = torch.full((shape.num_experts,), 0.01, device=q["w1_alpha"].device)
+        kw = dict(input_global_scale=q["input_scale"], fc2_input_scale=q["input_scale"])
+    w2_alpha = q["w2_alpha"] * 0.01 if mode == "nvfp4" else q["w2_alpha"]
+    return b12x_fused_moe(s.hidden, q["w1_weight"], q["w1_weight_sf"], q["w2_weight"], q["w2_weight_sf"], s.topk_ids,
+                          s.topk_weights, shape.num_experts, shape.top_k, w1_alpha=q["w1_alpha"], w2_alpha=w2_alpha,
+                          activation="silu" if shape.activation.is_gated else "relu2", quant_mode=mode,
+                          gemm_variant=variant, **kw)
 
 
 SYNCHRONIZING = {PerExpertLoop.name}  # timed eagerly, not under graph replay

@@ -5,7 +5,7 @@ byte floor = (weights of the distinct experts the routing activates
 FLOP floor = 2 * T * top_k * (FC1 rows * H + H * I) / measured dense bf16 rate
 
 Weight bytes per expert: bf16 = 2 bytes per value; mxint4 = 0.5 byte per value plus one bf16
-scale per 32 values.
+scale per 32 values; nvfp4 = 0.5 byte per value plus one ue4m3 byte per 16 values.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ def weight_bytes_per_expert(shape: MoeShape) -> float:
     params = shape.weight_params_per_expert()
     if shape.weight_format == "mxint4":
         return params * 0.5 + params / 32 * 2
+    if shape.weight_format == "nvfp4":
+        return params * 0.5 + params / 16
     return params * 2.0
 
 

@@ -16,7 +16,7 @@ class MoeShape:
     num_experts: int
     top_k: int
     routing_method: RoutingMethodType
-    weight_format: str = "bf16"  # "bf16" or "mxint4"
+    weight_format: str = "bf16"  # "bf16", "mxint4" or "nvfp4" (b12x_fused_moe's FP4 experts)
     activation: ActivationType = ActivationType.Swiglu
     n_group: Optional[int] = None
     topk_group: Optional[int] = None
@@ -56,5 +56,10 @@ PRESETS: Dict[str, MoeShape] = {
         MoeShape("kimi-k2", 7168, 2048, 384, 8, RoutingMethodType.DeepSeekV3, weight_format="mxint4",
                  n_group=1, topk_group=1, routed_scaling_factor=2.827),
         MoeShape("mixtral-8x7b", 4096, 14336, 8, 2, RoutingMethodType.Renormalize),
+        # NVFP4 checkpoints of the same shapes, served through b12x_fused_moe
+        MoeShape("qwen3-30b-a3b-nvfp4", 2048, 768, 128, 8, RoutingMethodType.RenormalizeNaive,
+                 weight_format="nvfp4"),
+        MoeShape("deepseek-v3-nvfp4", 7168, 2048, 256, 8, RoutingMethodType.DeepSeekV3, weight_format="nvfp4",
+                 n_group=8, topk_group=4, routed_scaling_factor=2.5),
     )
 }

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 DEFAULT_TOKENS = (1, 8, 64, 512, 4096)
+ROUTED_IMPLS = ("cute_w4a16", "cute_nvfp4", "cute_bf16_routed")  # take precomputed routing
 
 
 def _parse_args(argv):
@@ -35,9 +36,9 @@ def _parse_args(argv):
     p.add_argument("--hidden", type=int, help="custom hidden size")
     p.add_argument("--intermediate", type=int, help="custom intermediate size")
     p.add_argument("--top-k", type=int, help="custom top_k")
-    p.add_argument("--weights", choices=("bf16", "mxint4"),
-                   help="override the preset's weight format (mxint4 also times the bf16 path on the "
-                        "dequantized weights)")
+    p.add_argument("--weights", choices=("bf16", "mxint4", "nvfp4"),
+                   help="override the preset's weight format (mxint4 / nvfp4 also time the bf16 path on the "
+                        "dequantized weights; nvfp4 runs b12x_fused_moe in w4a16 and nvfp4 modes)")
     p.add_argument("--sets", type=int, default=4, help="rotating input sets per point (default %(default)s)")
     p.add_argument("--reps", type=int, default=50, help="timed graph replays per point (default %(default)s)")
     p.add_argument("--out", type=Path, default=Path("bench.jsonl"), help="JSON lines output (default %(default)s)")
@@ -165,9 +166,11 @@ def format_table(rows: List[Dict[str, object]]) -> str:
     def times(impl):
         return {(r["preset"], r["tokens"]): r["time_us"] for r in rows if r["impl"] == impl}
 
-    peer, bf16 = times("torch_grouped_mm"), times("cute_bf16")
+    peer, bf16, bf16_routed = times("torch_grouped_mm"), times("cute_bf16"), times("cute_bf16_routed")
 
     def ratio(table, r):
+        if table is bf16 and r["impl"].startswith(ROUTED_IMPLS) and bf16_routed:
+            table = bf16_routed  # precomputed routing against the bf16 path of the same input
         ref = table.get((r["preset"], r["tokens"]))
         return f"{ref / r['time_us']:.2f}x" if ref and r["time_us"] == r["time_us"] else "-"
 
@@ -186,7 +189,7 @@ def format_table(rows: List[Dict[str, object]]) -> str:
         lines.append(line + (f"  ERROR {r['error']}" if r.get("error") else ""))
     lines.append("byte fl / flop fl: floor time / measured time (1.00 = at the floor; the byte floor counts the "
                  "preset's weight format); vs torch / vs bf16: speed-up over the torch._grouped_mm pipeline / "
-                 "the cute_moe bf16 path" + ("; eager host / wall: us of host time for one eager call to return, "
+                 "the cute_moe bf16 path (its routed entry for the b12x rows)" + ("; eager host / wall: us of host time for one eager call to return, "
                                              "and per call of back-to-back eager calls" if eager else ""))
     return "\n".join(lines)
 

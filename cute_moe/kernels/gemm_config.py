@@ -40,6 +40,11 @@ INT4_SCALES_PER_KB = BK // INT4_GROUP
 # thread step): 1 k-block x 8 stages 156 / 576 / 1283; x 12: 143 / 627 / 1379; 2 x 6: 128 / 580 /
 # 1267; 4 x 4: 152 / 615 / 1358; 4 x 6: 168 / 751 / 1649. Every ring depth leaves the weights
 # stream at 40-57% of the int4 byte floor: the kernel is issue-bound on dequantization.
+# NVFP4 weights (b12x): e2m1 values, one ue4m3 scale per 16 values (4 per k-block, one word).
+FP4_GROUP = 16
+FP4_SCALES_PER_KB = BK // FP4_GROUP
+FP4_SCALE_ALIGN = 4  # bytes: a row's 4 scales of one k-block are one 4-byte cp.async
+WEIGHT_FORMATS = ("bf16", "mxint4", "nvfp4")
 INT4_WIDE_BN = 16
 INT4_DECODE_K_BLOCKS = 2
 INT4_WIDE_STAGES = 6

@@ -12,9 +12,9 @@ Per work item (plan tile ``t``, m-block ``mb``), with ``(e, row0, nrows) = tile_
   ``[L, K/64, M, 64]``, so the ``bm x 64`` block of k-block ``kb`` is one contiguous
   ``bm * 128``-byte chunk at element ``((e * K/64 + kb) * M + mb*bm) * 64``.
 * ``X`` rows: FC1 gathers ``hidden_states[permuted_idx_to_expanded_idx[row0 + n] // top_k]``
-  (padding rows, whose index is -1, read token 0 and are never stored); FC2 reads
-  ``act[row0 + n]``.
-* MXINT4 weights (``int4_weights``): ``W_e`` is uint8 ``[L, K/256, M, 128]`` (two signed int4
+  (padding rows, whose index is -1, read token 0 and are never stored); FC2, and FC1 without
+  ``gather_rows`` (inputs already permuted, e.g. quantized per expert), read ``X[row0 + n]``.
+* MXINT4 weights (``weight_format="mxint4"``): ``W_e`` is uint8 ``[L, K/256, M, 128]`` (two signed int4
   per byte, low nibble first) with bf16 scales ``S_e [M, K/32]`` 128x4-interleaved
   (cute_moe.layouts.scale_interleave; rows in the weights' prepared order), flat per expert.
   k-block ``kb`` of a row is the 32-byte quarter ``kb % 4`` of its 128-byte block ``kb // 4``;
@@ -23,12 +23,22 @@ Per work item (plan tile ``t``, m-block ``mb``), with ``(e, row0, nrows) = tile_
   k-blocks per stage (TileConfig.int4_k_blocks_per_stage); each k-block is dequantized,
   ``w = bf16(q * s)`` (cute_moe.kernels.int4_convert), into a swizzled bf16 slot that the MMAs
   read (two slots alternate when a stage holds 4 k-blocks: one barrier per k-block).
+* NVFP4 weights (b12x's layout): ``W_e`` is packed e2m1 uint8 ``[L, M, K/2]`` (row-major, low
+  nibble first, rows in the checkpoint's order: ``[up; gate]`` for a gated FC1) with ue4m3
+  scales, one per 16 values along K, 128x4-interleaved like the MXINT4 scales (bytes; rows padded
+  to a multiple of 128). k-block ``kb`` of a row is its 32 bytes at ``32 * kb``, its four scales
+  one 32-bit word. The packed ring, the scale ring and the dequantization into the bf16 slot are
+  the MXINT4 ones with another conversion, ``w = e2m1 * ue4m3`` exactly
+  (cute_moe.kernels.fp4_convert). Each CTA row ``p`` reads checkpoint row ``src(p)``: the
+  permutation of the prepared bf16 layout (gated interleave, 32-row shuffle), so that the
+  epilogue sees the order it un-shuffles.
 * Weights are the MMA's A operand (M side), tokens the B operand (N side), both K-major:
   ``mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`` on fragments loaded by ``ldmatrix``
   from 128-byte-swizzled shared memory, filled by 16-byte ``cp.async`` in a ``stages``-deep ring.
 * Epilogue: accumulators -> shared memory ``sC[n, p]`` -> un-shuffle (cute_moe.kernels.gemm_epilogue)
-  -> FC1: ``+ gemm1_lora_delta[expanded(row0 + n)]``, activation, bf16 ``act[row0 + n, i]``;
-  FC2: bf16 ``gemm2_output[row0 + n, h]``. Only ``n < nrows`` (and ``h < M``) are stored, 16 bytes
+  -> (``has_out_scale``: times the per-expert ``out_scale[e]``) -> FC1: ``+
+  gemm1_lora_delta[expanded(row0 + n)]``, activation, bf16 ``act[row0 + n, i]``; FC2: bf16
+  ``gemm2_output[row0 + n, h]``. Only ``n < nrows`` (and ``h < M``) are stored, 16 bytes
   per store.
 
 Sizes are runtime values (one compile per shape class); the tile count is read on the device
@@ -47,9 +57,10 @@ from cutlass import BFloat16, Float32, Int32, Int64, Uint8
 
 from ..enums import ActivationType
 from . import gemm_epilogue as epi
-from . import int4_convert, runtime
-from .gemm_config import (BK, INT4_BLOCK_K, INT4_GROUP, INT4_ROW_BYTES, INT4_SCALE_ALIGN, INT4_SCALES_PER_KB,
-                          MMA_K, MMA_M, MMA_N, RASTER_TILES, SCHEDULES, TileConfig, c_row_stride)
+from . import fp4_convert, int4_convert, runtime
+from .gemm_config import (BK, FP4_GROUP, FP4_SCALE_ALIGN, FP4_SCALES_PER_KB, INT4_BLOCK_K, INT4_GROUP,
+                          INT4_ROW_BYTES, INT4_SCALE_ALIGN, INT4_SCALES_PER_KB, MMA_K, MMA_M, MMA_N, RASTER_TILES,
+                          SCHEDULES, WEIGHT_FORMATS, TileConfig, c_row_stride)
 
 CHUNK = 8  # bf16 per 16-byte cp.async / store
 CHUNKS_PER_ROW = BK // CHUNK  # 16-byte chunks of one 128-byte K-block row
@@ -82,11 +93,13 @@ def _swizzle():
 class GroupedGemm:
     """``op``: "fc1" or "fc2"; ``schedule``: one of gemm_config.SCHEDULES; FC1 epilogue options:
     ``activation`` (Swiglu, Relu2), ``has_lora``, ``has_alpha``, ``has_beta``, ``has_clamp``;
-    ``int4_weights``: MXINT4 weights with bf16 group-32 scales instead of bf16 weights."""
+    ``weight_format``: one of gemm_config.WEIGHT_FORMATS (module docstring); ``has_out_scale``:
+    scale the accumulators by a per-expert float32; ``gather_rows`` (FC1): gather the token rows
+    through the permutation (else read them in permuted order)."""
 
     def __init__(self, op: str, tile: TileConfig, schedule: str, activation: int = int(ActivationType.Swiglu),
                  has_lora: bool = False, has_alpha: bool = False, has_beta: bool = False, has_clamp: bool = False,
-                 int4_weights: bool = False):
+                 weight_format: str = "bf16", has_out_scale: bool = False, gather_rows: bool = True):
         if op not in ("fc1", "fc2"):
             raise ValueError(f"op: expected 'fc1' or 'fc2', got {op!r}")
         if schedule not in SCHEDULES:
@@ -114,20 +127,31 @@ class GroupedGemm:
         # epilogue vectors: 8 output columns of one token row
         self.rows_per_vec = epi.GATED_ROWS if self.gated else epi.PLAIN_ROWS
         self.set_epilogue_rows(self.bm)
-        self.int4 = bool(int4_weights)
+        if weight_format not in WEIGHT_FORMATS:
+            raise ValueError(f"weight_format: expected one of {WEIGHT_FORMATS}, got {weight_format!r}")
+        if has_lora and has_out_scale:
+            raise ValueError("has_out_scale: not with a LoRA delta (no entry point takes both)")
+        self.weight_format = weight_format
+        self.packed = weight_format != "bf16"  # 4-bit weights dequantized in shared memory
+        self.fp4 = weight_format == "nvfp4"
+        self.has_out_scale = has_out_scale
+        self.gather = self.is_fc1 and gather_rows
         # k-blocks per ring stage and ring depth (bf16: one k-block per stage)
-        self.kps = tile.int4_k_blocks_per_stage if self.int4 else 1
-        self.ring = tile.int4_stages if self.int4 else self.stages
-        if self.int4:
+        self.kps = tile.int4_k_blocks_per_stage if self.packed else 1
+        self.ring = tile.int4_stages if self.packed else self.stages
+        if self.packed:
+            # scales per row and k-block (one 32-bit word: 2 bf16 or 4 ue4m3) and their type
+            self.scales_per_kb = FP4_SCALES_PER_KB if self.fp4 else INT4_SCALES_PER_KB
+            self.scale_dtype = Uint8 if self.fp4 else BFloat16
             # per thread and stage: packed 16-byte chunks (row-major over rows x 2*kps chunks),
             # scale pieces (up to 4 adjacent scales of one row), dequantized words per k-block
             self.row_chunks = INT4_CHUNKS * self.kps
             if (self.bm * self.row_chunks) % self.threads or self.threads % self.row_chunks:
                 raise ValueError(f"int4 weights: {self.bm} rows x {self.row_chunks} chunks do not split over "
                                  f"{self.threads} threads")
-            self.int4_loads = self.bm * self.row_chunks // self.threads
-            self.piece_scales = min(4, INT4_SCALES_PER_KB * self.kps)  # one 4-column group at most
-            self.row_pieces = INT4_SCALES_PER_KB * self.kps // self.piece_scales
+            self.packed_loads = self.bm * self.row_chunks // self.threads
+            self.piece_scales = min(4, self.scales_per_kb * self.kps)  # one 4-column group at most
+            self.row_pieces = self.scales_per_kb * self.kps // self.piece_scales
             self.scale_loads = (self.bm * self.row_pieces + self.threads - 1) // self.threads
             # dequantization unit: one row's 32-value scale group of a k-block (16 packed bytes)
             if (self.bm * INT4_SCALES_PER_KB) % self.threads:
@@ -147,24 +171,26 @@ class GroupedGemm:
     # ------------------------------------------------------------------ host side (jit)
 
     def plan_views(self, tile_info_ptr: cute.Pointer, counters_ptr: cute.Pointer, p2e_ptr: cute.Pointer,
-                   alpha_ptr: cute.Pointer, beta_ptr: cute.Pointer, clamp_ptr: cute.Pointer, max_tiles: Int32,
-                   num_experts: Int32):
+                   alpha_ptr: cute.Pointer, beta_ptr: cute.Pointer, clamp_ptr: cute.Pointer,
+                   out_scale_ptr: cute.Pointer, max_tiles: Int32, num_experts: Int32):
         """Tensors over the plan (tile list, counters, permutation) and the per-expert SwiGLU
-        parameters, as every instantiation's kernel reads them."""
+        parameters and output scales, as every instantiation's kernel reads them."""
         per_expert = cute.make_layout(num_experts)
         return (cute.make_tensor(tile_info_ptr, cute.make_layout((max_tiles, 4), stride=(4, 1))),
                 cute.make_tensor(counters_ptr, cute.make_layout(4)),
                 cute.make_tensor(p2e_ptr, cute.make_layout(max_tiles * self.bn)),
                 cute.make_tensor(alpha_ptr, per_expert), cute.make_tensor(beta_ptr, per_expert),
-                cute.make_tensor(clamp_ptr, per_expert))
+                cute.make_tensor(clamp_ptr, per_expert), cute.make_tensor(out_scale_ptr, per_expert))
 
     @cute.jit
     def __call__(self, w_ptr: cute.Pointer, scale_ptr: cute.Pointer, x_ptr: cute.Pointer, p2e_ptr: cute.Pointer,
                  tile_info_ptr: cute.Pointer,
                  counters_ptr: cute.Pointer, out_ptr: cute.Pointer, lora_ptr: cute.Pointer, alpha_ptr: cute.Pointer,
-                 beta_ptr: cute.Pointer, clamp_ptr: cute.Pointer, m: Int32, k: Int32, n_out: Int32, top_k: Int32,
-                 num_experts: Int32, max_tiles: Int32, num_ctas: Int32, use_pdl: Int32, stream: cuda.CUstream):
-        """``scale_ptr``: the MXINT4 scales (bf16 weights: any bf16 pointer, never read);
+                 beta_ptr: cute.Pointer, clamp_ptr: cute.Pointer, out_scale_ptr: cute.Pointer, m: Int32, k: Int32,
+                 n_out: Int32, top_k: Int32, num_experts: Int32, max_tiles: Int32, num_ctas: Int32, use_pdl: Int32,
+                 stream: cuda.CUstream):
+        """``scale_ptr``: the block scales of 4-bit weights (bf16 weights: any pointer of the
+        scales' type, never read); ``out_scale_ptr``: float32 per expert (read with ``has_out_scale``);
         ``m``: weight rows (FC1: M = 2I or I, FC2: H); ``k``: reduction size (FC1: H, FC2: I);
         ``n_out``: output row width (FC1: I, FC2: H); ``max_tiles``: the plan's tile bound;
         ``num_ctas``: persistent grid size (other schedules ignore it); ``use_pdl``: launch as a
@@ -173,8 +199,9 @@ class GroupedGemm:
         tiled_mma = cute.make_tiled_mma(
             op, cute.make_layout((self.tile.warps_m, self.tile.warps_n, 1)),
             permutation_mnk=(self.tile.warps_m * MMA_M, self.tile.warps_n * MMA_N * self.tile.n_perm, MMA_K))
-        tile_info, counters, p2e, alpha, beta, clamp = self.plan_views(
-            tile_info_ptr, counters_ptr, p2e_ptr, alpha_ptr, beta_ptr, clamp_ptr, max_tiles, num_experts)
+        tile_info, counters, p2e, alpha, beta, clamp, out_scale = self.plan_views(
+            tile_info_ptr, counters_ptr, p2e_ptr, alpha_ptr, beta_ptr, clamp_ptr, out_scale_ptr, max_tiles,
+            num_experts)
         m_blocks = (m + self.bm - 1) // self.bm
         grid = [max_tiles, m_blocks, 1]
         if cutlass.const_expr(self.schedule == "m_fastest"):
@@ -182,7 +209,7 @@ class GroupedGemm:
         if cutlass.const_expr(self.schedule == "persistent"):
             grid = [num_ctas, 1, 1]
         self.kernel(tiled_mma, w_ptr, scale_ptr, x_ptr, out_ptr, lora_ptr, p2e, tile_info, counters, alpha, beta,
-                    clamp, m, k, n_out, top_k).launch(grid=grid, block=[self.threads, 1, 1], stream=stream,
+                    clamp, out_scale, m, k, n_out, top_k).launch(grid=grid, block=[self.threads, 1, 1], stream=stream,
                                                use_pdl=use_pdl)
 
     # ------------------------------------------------------------------ device side
@@ -191,8 +218,8 @@ class GroupedGemm:
     def kernel(self, tiled_mma: cute.TiledMma, w_ptr: cute.Pointer, scale_ptr: cute.Pointer, x_ptr: cute.Pointer,
                out_ptr: cute.Pointer,
                lora_ptr: cute.Pointer, p2e: cute.Tensor, tile_info: cute.Tensor, counters: cute.Tensor,
-               alpha: cute.Tensor, beta: cute.Tensor, clamp: cute.Tensor, m: Int32, k: Int32, n_out: Int32,
-               top_k: Int32):
+               alpha: cute.Tensor, beta: cute.Tensor, clamp: cute.Tensor, out_scale: cute.Tensor, m: Int32,
+               k: Int32, n_out: Int32, top_k: Int32):
         # Programmatic dependent launch: FC1 reads nothing before the previous kernel (the plan)
         # has completed; FC2 reads the plan (older than FC1) and streams its first weight blocks
         # before waiting for FC1's act. Both let the next kernel launch once all CTAs are running.
@@ -206,12 +233,12 @@ class GroupedGemm:
         m_blocks = (m + self.bm - 1) // self.bm
 
         smem = cutlass.memory.SmemAllocator()
-        if cutlass.const_expr(self.int4):
+        if cutlass.const_expr(self.packed):
             raw = smem.allocate(self.smem.total, byte_alignment=SMEM_ALIGN)
             sa_ptr = cute.recast_ptr(raw + self.smem.a_bf16, dtype=BFloat16)
             sb_ptr = cute.recast_ptr(raw + self.smem.b_ring, dtype=BFloat16)
             sq_ptr = cute.recast_ptr(raw + self.smem.raw_ring, dtype=Uint8)
-            ss_ptr = cute.recast_ptr(raw + self.smem.scale_ring, dtype=BFloat16)
+            ss_ptr = cute.recast_ptr(raw + self.smem.scale_ring, dtype=self.scale_dtype)
         else:
             raw = smem.allocate(self.tile.smem_bytes, byte_alignment=SMEM_ALIGN)
             sa_ptr = cute.recast_ptr(raw, dtype=BFloat16)
@@ -223,19 +250,19 @@ class GroupedGemm:
         if cutlass.const_expr(self.schedule == "tiles_fastest"):
             if bx < num_tiles:
                 self.work(tiled_mma, bx, by, tidx, sa_ptr, sb_ptr, sc_ptr, sq_ptr, ss_ptr, w_ptr, scale_ptr, x_ptr,
-                          out_ptr, lora_ptr, p2e, tile_info, alpha, beta, clamp, m, k, n_out, top_k)
+                          out_ptr, lora_ptr, p2e, tile_info, alpha, beta, clamp, out_scale, m, k, n_out, top_k)
         elif cutlass.const_expr(self.schedule == "m_fastest"):
             if bx // m_blocks < num_tiles:
                 self.work(tiled_mma, bx // m_blocks, bx % m_blocks, tidx, sa_ptr, sb_ptr, sc_ptr, sq_ptr, ss_ptr, w_ptr,
-                          scale_ptr, x_ptr, out_ptr, lora_ptr, p2e, tile_info, alpha, beta, clamp, m, k, n_out,
-                          top_k)
+                          scale_ptr, x_ptr, out_ptr, lora_ptr, p2e, tile_info, alpha, beta, clamp, out_scale, m, k,
+                          n_out, top_k)
         else:
             num_ctas, _, _ = cute.arch.grid_dim()
             for w in cutlass.range(bx, num_tiles * m_blocks, num_ctas):
                 tile, mb = raster(w, num_tiles, m_blocks)
                 self.work(tiled_mma, tile, mb, tidx, sa_ptr, sb_ptr, sc_ptr, sq_ptr, ss_ptr, w_ptr,
-                          scale_ptr, x_ptr, out_ptr, lora_ptr, p2e, tile_info, alpha, beta, clamp, m, k, n_out,
-                          top_k)
+                          scale_ptr, x_ptr, out_ptr, lora_ptr, p2e, tile_info, alpha, beta, clamp, out_scale, m, k,
+                          n_out, top_k)
                 cute.arch.sync_threads()  # the next item's loads reuse the epilogue's shared memory
 
     @cute.jit
@@ -243,8 +270,8 @@ class GroupedGemm:
              sb_ptr: cute.Pointer, sc_ptr: cute.Pointer, sq_ptr: cute.Pointer, ss_ptr: cute.Pointer,
              w_ptr: cute.Pointer, scale_ptr: cute.Pointer, x_ptr: cute.Pointer,
              out_ptr: cute.Pointer, lora_ptr: cute.Pointer, p2e: cute.Tensor, tile_info: cute.Tensor,
-             alpha: cute.Tensor, beta: cute.Tensor, clamp: cute.Tensor, m: Int32, k: Int32, n_out: Int32,
-             top_k: Int32):
+             alpha: cute.Tensor, beta: cute.Tensor, clamp: cute.Tensor, out_scale: cute.Tensor, m: Int32, k: Int32,
+             n_out: Int32, top_k: Int32):
         """One (tile, m-block) work item: mainloop, then the epilogue."""
         bm, bn, stages = self.bm, self.bn, self.stages
         expert = tile_info[tile, 0]
@@ -257,9 +284,9 @@ class GroupedGemm:
         row_in = tidx // CHUNKS_PER_ROW
 
         # ---- per-thread source pointers (k-block 0) and smem destinations of the weights
-        if cutlass.const_expr(self.int4):
-            a_src, a_dst, a_ok = self.int4_weight_sources(tidx, expert, mb, w_ptr, m, k)
-            s_src, s_dst, s_ok = self.int4_scale_sources(tidx, expert, mb, scale_ptr, m, k)
+        if cutlass.const_expr(self.packed):
+            a_src, a_dst, a_ok = self.packed_weight_sources(tidx, expert, mb, w_ptr, m, k)
+            s_src, s_dst, s_ok = self.packed_scale_sources(tidx, expert, mb, scale_ptr, m, k)
         else:
             a_block = (Int64(expert) * Int64(k_blocks) * Int64(m) + Int64(mb * bm)) * BK
             a_src = []
@@ -272,7 +299,7 @@ class GroupedGemm:
                 a_ok.append(mb * bm + r < m)
             s_src, s_dst, s_ok = a_src, a_dst, a_ok  # unused
         # distance between k-blocks (bf16: elements) or 128-byte int4 blocks (bytes) of one row
-        kb_stride = Int64(m) * (INT4_BLOCK_BYTES if cutlass.const_expr(self.int4) else BK)
+        kb_stride = Int64(m) * (INT4_BLOCK_BYTES if cutlass.const_expr(self.packed) else BK)
         b_src = []
         b_dst = []
         for i in cutlass.range_constexpr(self.b_loads):
@@ -280,7 +307,7 @@ class GroupedGemm:
             if cutlass.const_expr(self.b_partial):
                 r = cutlass.min(r, bn - 1)
             src_row = row0 + r
-            if cutlass.const_expr(self.is_fc1):
+            if cutlass.const_expr(self.gather):
                 src_row = cutlass.max(p2e[row0 + r], Int32(0)) // top_k
             b_src.append(x_ptr + cute.assume(src_row * k + chunk * CHUNK, divby=CHUNK))
             b_dst.append(cute.assume(r * BK + (chunk ^ (r % 8)) * CHUNK, divby=CHUNK))
@@ -292,7 +319,7 @@ class GroupedGemm:
 
         # ---- MMA partitions over the swizzled ring (int4: over the one dequantized block)
         swz = _swizzle()
-        a_slots = self.a_slots if cutlass.const_expr(self.int4) else stages
+        a_slots = self.a_slots if cutlass.const_expr(self.packed) else stages
         sA = cute.make_tensor(cute.recast_ptr(sa_ptr, swz, dtype=BFloat16),
                               cute.make_layout((bm, BK, a_slots), stride=(BK, 1, bm * BK)))
         sB = cute.make_tensor(cute.recast_ptr(sb_ptr, swz, dtype=BFloat16),
@@ -341,7 +368,7 @@ class GroupedGemm:
             cute.arch.cp_async_commit_group()
             for sub in cutlass.range_constexpr(self.kps):
                 a_slot = read_stage
-                if cutlass.const_expr(self.int4):
+                if cutlass.const_expr(self.packed):
                     # int4: dequantize k-block `sub` of the stage into slot sub % a_slots; a warp
                     # past this barrier has finished the MMAs that last read that slot (they ran
                     # before its previous dequantization, or before the top barrier)
@@ -367,33 +394,36 @@ class GroupedGemm:
         cute.arch.sync_threads()
 
         if cutlass.const_expr(self.is_fc1):
-            self.store_fc1(tidx, sc_ptr, expert, row0, nrows, mb, out_ptr, lora_ptr, p2e, alpha, beta, clamp, m,
-                           n_out)
+            self.store_fc1(tidx, sc_ptr, expert, row0, nrows, mb, out_ptr, lora_ptr, p2e, alpha, beta, clamp,
+                           out_scale, m, n_out)
         else:
-            self.store_fc2(tidx, sc_ptr, row0, nrows, mb, out_ptr, m, n_out)
+            self.store_fc2(tidx, sc_ptr, expert, row0, nrows, mb, out_ptr, out_scale, m, n_out)
 
     @cute.jit
     def load_weights(self, kb: Int32, stage: Int32, kb_stride: Int64, a_src: list, a_dst: list, a_ok: list,
                      s_src: list, s_dst: list, s_ok: list, sa_ptr: cute.Pointer, sq_ptr: cute.Pointer,
                      ss_ptr: cute.Pointer):
-        """cp.async k-block ``kb`` of the CTA's weight rows (int4: packed bytes and scales) into
+        """cp.async k-block ``kb`` of the CTA's weight rows (4-bit: packed bytes and scales) into
         ring slot ``stage``."""
-        if cutlass.const_expr(self.int4):
+        if cutlass.const_expr(self.packed):
             g2s16 = cute.make_copy_atom(
                 cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.GLOBAL), Uint8,
                 num_bits_per_copy=128)
-            g2s_s = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(), BFloat16,
-                                        num_bits_per_copy=16 * self.piece_scales)
-            # stage kb (here: the stage index) starts at k-block kb0 = kb * kps: quarter kb0 % 4 of
-            # 128-byte block kb0 // 4; its scales are columns 2*kb0 .., in 4-column groups
+            g2s_s = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(), self.scale_dtype,
+                                        num_bits_per_copy=self.scale_dtype.width * self.piece_scales)
+            # stage kb (here: the stage index) starts at k-block kb0 = kb * kps. MXINT4: quarter
+            # kb0 % 4 of 128-byte block kb0 // 4; NVFP4: bytes 32 * kb0 of the row. Its scales
+            # are columns scales_per_kb * kb0 .., in 4-column groups
             kb0 = kb * self.kps
             q_kb = cute.assume(Int64(kb0 // 4) * kb_stride + Int64((kb0 % 4) * INT4_ROW_BYTES), divby=16)
-            c0 = kb0 * INT4_SCALES_PER_KB
+            if cutlass.const_expr(self.fp4):
+                q_kb = cute.assume(Int64(kb0 * INT4_ROW_BYTES), divby=16)
+            c0 = kb0 * self.scales_per_kb
             s_kb = cute.assume((c0 // 4) * (SCALE_TILE * 4) + c0 % 4, divby=self.piece_scales)
             q_stage = stage * (self.bm * INT4_ROW_BYTES * self.kps)
-            s_stage = stage * (self.bm * INT4_SCALES_PER_KB * self.kps)
+            s_stage = stage * (self.bm * self.scales_per_kb * self.kps)
             piece = cute.make_layout(self.piece_scales)
-            for i in cutlass.range_constexpr(self.int4_loads):
+            for i in cutlass.range_constexpr(self.packed_loads):
                 if a_ok[i]:
                     cute.copy(g2s16, cute.make_tensor(a_src[i] + q_kb, cute.make_layout(16)),
                               cute.make_tensor(sq_ptr + cute.assume(q_stage + a_dst[i], divby=16),
@@ -415,39 +445,58 @@ class GroupedGemm:
                     cute.copy(g2s, cute.make_tensor(a_src[i] + a_kb, vec),
                               cute.make_tensor(sa_ptr + cute.assume(a_stage + a_dst[i], divby=CHUNK), vec))
 
-    def int4_weight_sources(self, tidx: Int32, expert: Int32, mb: Int32, w_ptr: cute.Pointer, m: Int32, k: Int32):
+    def packed_weight_sources(self, tidx: Int32, expert: Int32, mb: Int32, w_ptr: cute.Pointer, m: Int32, k: Int32):
         """Packed rows at stage 0: thread ``tid`` copies 16-byte chunk ``tid % row_chunks`` of rows
-        ``tid // row_chunks + i * threads / row_chunks``; row ``p`` of block ``b`` starts at byte
-        ``((e * K/256 + b) * M + p) * 128``."""
+        ``tid // row_chunks + i * threads / row_chunks``. MXINT4: row ``p`` of block ``b`` starts
+        at byte ``((e * K/256 + b) * M + p) * 128``; NVFP4: CTA row ``p`` reads checkpoint row
+        ``src(p)`` (``fp4_source_row``) at byte ``(e * M + src(p)) * K/2``."""
         c = tidx % self.row_chunks
         first = Int64(expert) * Int64(k // INT4_BLOCK_K) * Int64(m)
         src, dst, ok = [], [], []
-        for i in range(self.int4_loads):
+        for i in range(self.packed_loads):
             r = tidx // self.row_chunks + i * (self.threads // self.row_chunks)
             p = mb * self.bm + r
-            src.append(w_ptr + cute.assume((first + Int64(p)) * INT4_BLOCK_BYTES + Int64(c * 16), divby=16))
+            if cutlass.const_expr(self.fp4):
+                row = Int64(expert) * Int64(m) + Int64(self.fp4_source_row(p, m))
+                src.append(w_ptr + cute.assume(row * Int64(k // 2) + Int64(c * 16), divby=16))
+            else:
+                src.append(w_ptr + cute.assume((first + Int64(p)) * INT4_BLOCK_BYTES + Int64(c * 16), divby=16))
             dst.append(r * (INT4_ROW_BYTES * self.kps) + c * 16)
             ok.append(p < m)
         return src, dst, ok
 
-    def int4_scale_sources(self, tidx: Int32, expert: Int32, mb: Int32, scale_ptr: cute.Pointer, m: Int32,
-                           k: Int32):
+    def fp4_source_row(self, p: Int32, m: Int32) -> Int32:
+        """The checkpoint row behind prepared row ``p`` (cute_moe.layouts.fc1_source_rows): the
+        32-row shuffle ``q = 32*(p//32) + 4*(p%8) + (p%32)//8``, then for a gated FC1 the
+        interleave (``q = 2i``: up row ``i``, ``q = 2i + 1``: gate row ``M/2 + i``)."""
+        q = 32 * (p // 32) + 4 * (p % 8) + (p % 32) // 8
+        if cutlass.const_expr(self.gated):
+            q = q // 2 + (q % 2) * (m // 2)
+        return q
+
+    def packed_scale_sources(self, tidx: Int32, expert: Int32, mb: Int32, scale_ptr: cute.Pointer, m: Int32,
+                             k: Int32):
         """Scale pieces at stage 0: item ``tid + i * threads`` is piece ``item % row_pieces`` of
         row ``item // row_pieces`` (``piece_scales`` adjacent scales, the next piece one 4-column
-        group, 512 elements, on); scale ``(p, c)`` of an expert's ``[M, Cp = K/32]`` matrix sits at
-        ``(p // 128) * 128 * Cp + (c // 4) * 512 + (p % 32) * 16 + ((p % 128) // 32) * 4 + c % 4``."""
-        cp = k // INT4_GROUP
-        first = Int64(expert) * Int64(m) * Int64(cp)
+        group, 512 elements, on); scale ``(p, c)`` of an expert's ``[Rp, Cp]`` matrix (``Rp``: M
+        padded to 128 rows, ``Cp = K / group``) sits at ``(p // 128) * 128 * Cp + (c // 4) * 512 +
+        (p % 32) * 16 + ((p % 128) // 32) * 4 + c % 4``. NVFP4 reads the row of ``src(p)``."""
+        cp = k // (FP4_GROUP if cutlass.const_expr(self.fp4) else INT4_GROUP)
+        rp = (m + SCALE_TILE - 1) // SCALE_TILE * SCALE_TILE
+        first = Int64(expert) * Int64(rp) * Int64(cp)
         src, dst, ok = [], [], []
         for i in range(self.scale_loads):
             item = tidx + i * self.threads
             r = item // self.row_pieces
             piece = item % self.row_pieces
             p = mb * self.bm + r
-            off = (p // SCALE_TILE) * SCALE_TILE * cp + (p % 32) * 16 + ((p % SCALE_TILE) // 32) * 4 \
+            srow = p
+            if cutlass.const_expr(self.fp4):
+                srow = self.fp4_source_row(p, m)
+            off = (srow // SCALE_TILE) * SCALE_TILE * cp + (srow % 32) * 16 + ((srow % SCALE_TILE) // 32) * 4 \
                 + piece * (SCALE_TILE * 4)
             src.append(scale_ptr + cute.assume(first + Int64(off), divby=4))
-            dst.append(r * (INT4_SCALES_PER_KB * self.kps) + piece * self.piece_scales)
+            dst.append(r * (self.scales_per_kb * self.kps) + piece * self.piece_scales)
             ok.append((r < self.bm) & (p < m))
         return src, dst, ok
 
@@ -455,14 +504,15 @@ class GroupedGemm:
     def dequantize(self, tidx: Int32, stage: Int32, sub: cutlass.Constexpr, slot: cutlass.Constexpr,
                    sq_ptr: cute.Pointer, ss_ptr: cute.Pointer, sa_ptr: cute.Pointer):
         """k-block ``sub`` of ring slot ``stage`` (packed rows, scales) -> bf16 slot ``slot`` of
-        ``sA`` (swizzled). Unit ``u``: row ``u // 2``, scale group ``h = u % 2`` (values
-        ``32h .. 32h + 32``, 16 packed bytes, one scale) -> 4 chunks of 8 bf16, ``bf16(q * s)``
-        (cute_moe.kernels.int4_convert)."""
+        ``sA`` (swizzled). Unit ``u``: row ``u // 2``, half ``h = u % 2`` (values ``32h .. 32h + 32``,
+        16 packed bytes) -> 4 chunks of 8 bf16. MXINT4: one scale per unit, ``bf16(q * s)``
+        (cute_moe.kernels.int4_convert); NVFP4: word ``c`` of the unit takes ue4m3 scale
+        ``2h + c // 2`` of the row's word, ``e2m1 * ue4m3`` exactly (cute_moe.kernels.fp4_convert)."""
         row_bytes = INT4_ROW_BYTES * self.kps
         raw = sq_ptr + cute.assume(stage * (self.bm * row_bytes) + sub * INT4_ROW_BYTES, divby=16)
-        # the two scales of a row and k-block are one 32-bit word
+        # the scales of a row and k-block (2 bf16 or 4 ue4m3) are one 32-bit word
         scale_words = cute.make_tensor(
-            cute.recast_ptr(ss_ptr + stage * (self.bm * INT4_SCALES_PER_KB * self.kps), dtype=Int32),
+            cute.recast_ptr(ss_ptr + stage * (self.bm * self.scales_per_kb * self.kps), dtype=Int32),
             cute.make_layout((self.kps, self.bm), stride=(1, self.kps)))
         sa_words = cute.recast_ptr(sa_ptr + slot * (self.bm * BK), dtype=Int32)
         words_per_unit = INT4_GROUP // INT4_PER_WORD
@@ -473,13 +523,24 @@ class GroupedGemm:
             words = cute.make_rmem_tensor(words_per_unit, Int32)
             src = cute.recast_ptr(raw + cute.assume(r * row_bytes + h * 16, divby=16), dtype=Int32)
             cute.autovec_copy(cute.make_tensor(src, cute.make_layout(words_per_unit)), words)
-            s2 = int4_convert.scale_pair(scale_words[sub, r], h)
+            four = scale_words[sub, r]
+            if cutlass.const_expr(self.fp4):
+                # bytes 2h, 2h + 1 of the word scale the two 16-value blocks of this half
+                half = four >> (16 * h)
+                s2_fp4 = [fp4_convert.scale_pair(half, 0), fp4_convert.scale_pair(half, 1)]
+            else:
+                s2 = int4_convert.scale_pair(four, h)
             for c in cutlass.range_constexpr(words_per_unit):
-                w = words[c] ^ int4_convert.SIGN_FLIP
-                hi = w >> 4
                 out = cute.make_rmem_tensor(CHUNK // 2, Int32)
-                for p in cutlass.range_constexpr(CHUNK // 2):
-                    out[p] = int4_convert.scaled_pair(w, hi, s2, p)
+                if cutlass.const_expr(self.fp4):
+                    hi = words[c] >> 4
+                    for p in cutlass.range_constexpr(CHUNK // 2):
+                        out[p] = fp4_convert.scaled_pair(words[c], hi, s2_fp4[c // 2], p)
+                else:
+                    w = words[c] ^ int4_convert.SIGN_FLIP
+                    hi = w >> 4
+                    for p in cutlass.range_constexpr(CHUNK // 2):
+                        out[p] = int4_convert.scaled_pair(w, hi, s2, p)
                 chunk = h * words_per_unit + c
                 dst = sa_words + cute.assume((r * BK + (chunk ^ (r % 8)) * CHUNK) // 2, divby=4)
                 cute.autovec_copy(out, cute.make_tensor(dst, cute.make_layout(CHUNK // 2)))
@@ -504,7 +565,7 @@ class GroupedGemm:
     @cute.jit
     def store_fc1(self, tidx: Int32, sc_ptr: cute.Pointer, expert: Int32, row0: Int32, nrows: Int32, mb: Int32,
                   out_ptr: cute.Pointer, lora_ptr: cute.Pointer, p2e: cute.Tensor, alpha: cute.Tensor,
-                  beta: cute.Tensor, clamp: cute.Tensor, m: Int32, n_out: Int32):
+                  beta: cute.Tensor, clamp: cute.Tensor, out_scale: cute.Tensor, m: Int32, n_out: Int32):
         """act[row0 + n, c .. c+8) for the vectors of ``epi_bm``-row block ``mb`` (activation in
         float32); columns past ``n_out`` belong to weight rows past M (a partial last m-block) and
         are skipped."""
@@ -518,6 +579,9 @@ class GroupedGemm:
             b_e = beta[expert]
         if cutlass.const_expr(self.has_clamp):
             c_e = clamp[expert]
+        s_e = Float32(1.0)
+        if cutlass.const_expr(self.has_out_scale):
+            s_e = out_scale[expert]
         out_vec = cute.make_layout(CHUNK)
         for it in cutlass.range_constexpr((tasks + self.threads - 1) // self.threads):
             q = tidx + it * self.threads
@@ -537,6 +601,9 @@ class GroupedGemm:
                     for i in cutlass.range_constexpr(CHUNK):
                         up[i] = vals[i // 2, 2 * (i % 2)]
                         gate[i] = vals[i // 2, 2 * (i % 2) + 1]
+                        if cutlass.const_expr(self.has_out_scale):
+                            up[i] = up[i] * s_e
+                            gate[i] = gate[i] * s_e
                     if cutlass.const_expr(self.has_lora):
                         ex = p2e[row0 + n]
                         row = Int64(ex) * Int64(2 * n_out)
@@ -561,17 +628,23 @@ class GroupedGemm:
                     src = sc_ptr + cute.assume(n * self.c_stride + epi.plain_base(v), divby=2)
                     cute.autovec_copy(cute.make_tensor(src, epi.plain_view_layout()), vals)
                     for i in cutlass.range_constexpr(CHUNK):
-                        res[i] = epi.relu2(vals[i // 4, i % 4])
+                        if cutlass.const_expr(self.has_out_scale):
+                            res[i] = epi.relu2(vals[i // 4, i % 4] * s_e)
+                        else:
+                            res[i] = epi.relu2(vals[i // 4, i % 4])
                 out = cute.make_rmem_tensor(CHUNK, BFloat16)
                 out.store(res.load().to(BFloat16))
                 dst = out_ptr + cute.assume(Int32(row0 + n) * n_out + col, divby=CHUNK)
                 cute.autovec_copy(out, cute.make_tensor(dst, out_vec))
 
     @cute.jit
-    def store_fc2(self, tidx: Int32, sc_ptr: cute.Pointer, row0: Int32, nrows: Int32, mb: Int32,
-                  out_ptr: cute.Pointer, m: Int32, n_out: Int32):
+    def store_fc2(self, tidx: Int32, sc_ptr: cute.Pointer, expert: Int32, row0: Int32, nrows: Int32, mb: Int32,
+                  out_ptr: cute.Pointer, out_scale: cute.Tensor, m: Int32, n_out: Int32):
         """gemm2_output[row0 + n, c .. c+8) for the unshuffled rows of ``epi_bm``-row block ``mb``."""
         tasks = self.bn * self.vecs_per_row
+        s_e = Float32(1.0)
+        if cutlass.const_expr(self.has_out_scale):
+            s_e = out_scale[expert]
         out_vec = cute.make_layout(CHUNK)
         for it in cutlass.range_constexpr((tasks + self.threads - 1) // self.threads):
             q = tidx + it * self.threads
@@ -584,7 +657,10 @@ class GroupedGemm:
                 cute.autovec_copy(cute.make_tensor(src, epi.plain_view_layout()), vals)
                 out = cute.make_rmem_tensor(CHUNK, BFloat16)
                 for i in cutlass.range_constexpr(CHUNK):
-                    out[i] = BFloat16(vals[i // 4, i % 4])
+                    if cutlass.const_expr(self.has_out_scale):
+                        out[i] = BFloat16(vals[i // 4, i % 4] * s_e)
+                    else:
+                        out[i] = BFloat16(vals[i // 4, i % 4])
                 dst = out_ptr + cute.assume(Int32(row0 + n) * n_out + col, divby=CHUNK)
                 cute.autovec_copy(out, cute.make_tensor(dst, out_vec))
 
@@ -592,12 +668,13 @@ class GroupedGemm:
 # --------------------------------------------------------------------------- compile-time examples
 
 
-def example_args(int4_weights: bool = False):
+def example_args(weight_format: str = "bf16"):
     """Arguments that compile a ``GroupedGemm`` without a GPU (pointers never dereferenced)."""
     bf16 = lambda: runtime.fake_ptr(torch.bfloat16, 16)  # noqa: E731
     i32 = lambda: runtime.fake_ptr(torch.int32, 16)  # noqa: E731
     f32 = lambda: runtime.fake_ptr(torch.float32, 4)  # noqa: E731
-    weights = runtime.fake_ptr(torch.uint8, 16) if int4_weights else bf16()
-    scales = runtime.fake_ptr(torch.bfloat16, INT4_SCALE_ALIGN) if int4_weights else bf16()
-    return (weights, scales, bf16(), i32(), i32(), i32(), bf16(), bf16(), f32(), f32(), f32(),
+    weights = bf16() if weight_format == "bf16" else runtime.fake_ptr(torch.uint8, 16)
+    scales = {"bf16": bf16, "mxint4": lambda: runtime.fake_ptr(torch.bfloat16, INT4_SCALE_ALIGN),
+              "nvfp4": lambda: runtime.fake_ptr(torch.uint8, FP4_SCALE_ALIGN)}[weight_format]()
+    return (weights, scales, bf16(), i32(), i32(), i32(), bf16(), bf16(), f32(), f32(), f32(), f32(),
             256, 256, 128, 1, 1, 1, 1, 0, runtime.fake_stream())

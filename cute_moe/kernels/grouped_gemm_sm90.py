@@ -52,11 +52,11 @@ class WgmmaGroupedGemm(GroupedGemm):
     """``GroupedGemm`` with a TMA + WGMMA warp-specialized mainloop (SM90 only, bf16 weights).
     Same constructor and launch arguments; ``tile.mma`` must be "wgmma"."""
 
-    def __init__(self, op: str, tile: TileConfig, schedule: str, *args, int4_weights: bool = False, **kwargs):
+    def __init__(self, op: str, tile: TileConfig, schedule: str, *args, weight_format: str = "bf16", **kwargs):
         if tile.mma != "wgmma":
             raise ValueError(f"WgmmaGroupedGemm takes a wgmma tile, got {tile}")
-        if int4_weights:
-            raise ValueError("WgmmaGroupedGemm: MXINT4 weights run on the warp-MMA family")
+        if weight_format != "bf16":
+            raise ValueError(f"WgmmaGroupedGemm: {weight_format} weights run on the warp-MMA family")
         if schedule != "persistent":
             raise ValueError(f"WgmmaGroupedGemm: the schedule is persistent, got {schedule!r}")
         super().__init__(op, tile, schedule, *args, **kwargs)
@@ -85,8 +85,9 @@ class WgmmaGroupedGemm(GroupedGemm):
     def __call__(self, w_ptr: cute.Pointer, scale_ptr: cute.Pointer, x_ptr: cute.Pointer, p2e_ptr: cute.Pointer,
                  tile_info_ptr: cute.Pointer,
                  counters_ptr: cute.Pointer, out_ptr: cute.Pointer, lora_ptr: cute.Pointer, alpha_ptr: cute.Pointer,
-                 beta_ptr: cute.Pointer, clamp_ptr: cute.Pointer, m: Int32, k: Int32, n_out: Int32, top_k: Int32,
-                 num_experts: Int32, max_tiles: Int32, num_ctas: Int32, use_pdl: Int32, stream: cuda.CUstream):
+                 beta_ptr: cute.Pointer, clamp_ptr: cute.Pointer, out_scale_ptr: cute.Pointer, m: Int32, k: Int32,
+                 n_out: Int32, top_k: Int32, num_experts: Int32, max_tiles: Int32, num_ctas: Int32, use_pdl: Int32,
+                 stream: cuda.CUstream):
         """Arguments as GroupedGemm.__call__ (``scale_ptr`` unused)."""
         major = cutlass.utils.LayoutEnum.ROW_MAJOR  # both operands K-major
         tiler = (self.bm, self.bn, BK)
@@ -104,8 +105,9 @@ class WgmmaGroupedGemm(GroupedGemm):
             cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp(), weights, cute.slice_(a_layout, (None, None, 0)),
             (self.bm, BK))
 
-        tile_info, counters, p2e, alpha, beta, clamp = self.plan_views(
-            tile_info_ptr, counters_ptr, p2e_ptr, alpha_ptr, beta_ptr, clamp_ptr, max_tiles, num_experts)
+        tile_info, counters, p2e, alpha, beta, clamp, out_scale = self.plan_views(
+            tile_info_ptr, counters_ptr, p2e_ptr, alpha_ptr, beta_ptr, clamp_ptr, out_scale_ptr, max_tiles,
+            num_experts)
 
         stages, c_floats = self.stages, self.bn * c_row_stride(self.epi_bm)
 
@@ -119,7 +121,7 @@ class WgmmaGroupedGemm(GroupedGemm):
 
         self.storage = Storage
         self.kernel(tiled_mma, tma_atom, tma_weights, a_layout, b_layout, x_ptr, out_ptr, lora_ptr, p2e, tile_info,
-                    counters, alpha, beta, clamp, m, k, n_out, top_k).launch(
+                    counters, alpha, beta, clamp, out_scale, m, k, n_out, top_k).launch(
             grid=[num_ctas, 1, 1], block=[self.cta_threads, 1, 1], stream=stream, use_pdl=use_pdl,
             min_blocks_per_mp=self.min_ctas, preferred_smem_carveout=100)  # all of the SM's memory as shared
 
@@ -129,8 +131,8 @@ class WgmmaGroupedGemm(GroupedGemm):
     def kernel(self, tiled_mma: cute.TiledMma, tma_atom: cute.CopyAtom, tma_weights: cute.Tensor,
                a_layout: cute.ComposedLayout, b_layout: cute.ComposedLayout, x_ptr: cute.Pointer,
                out_ptr: cute.Pointer, lora_ptr: cute.Pointer, p2e: cute.Tensor, tile_info: cute.Tensor,
-               counters: cute.Tensor, alpha: cute.Tensor, beta: cute.Tensor, clamp: cute.Tensor, m: Int32, k: Int32,
-               n_out: Int32, top_k: Int32):
+               counters: cute.Tensor, alpha: cute.Tensor, beta: cute.Tensor, clamp: cute.Tensor,
+               out_scale: cute.Tensor, m: Int32, k: Int32, n_out: Int32, top_k: Int32):
         tidx, _, _ = cute.arch.thread_idx()
         bx, _, _ = cute.arch.block_idx()
         num_ctas, _, _ = cute.arch.grid_dim()
@@ -168,7 +170,7 @@ class WgmmaGroupedGemm(GroupedGemm):
             cute.arch.setmaxregister_increase(self.mma_regs)
             self.consume(tidx - PRODUCER_THREADS, bx, num_ctas, items, num_tiles, m_blocks, k_blocks, tiled_mma, sA,
                          sB, storage.sC.data_ptr(), full, empty, out_ptr, lora_ptr, p2e, tile_info, alpha, beta,
-                         clamp, m, n_out)
+                         clamp, out_scale, m, n_out)
 
     @cute.jit
     def produce(self, tidx: Int32, warp: Int32, bx: Int32, num_ctas: Int32, items: Int32, num_tiles: Int32,
@@ -197,7 +199,7 @@ class WgmmaGroupedGemm(GroupedGemm):
             for i in cutlass.range_constexpr(self.b_loads):
                 r = row_in + i * row_step
                 src_row = row0 + r
-                if cutlass.const_expr(self.is_fc1):
+                if cutlass.const_expr(self.gather):
                     src_row = cutlass.max(p2e[row0 + r], Int32(0)) // top_k
                 b_src.append(x_ptr + cute.assume(src_row * k + chunk * CHUNK, divby=CHUNK))
                 b_dst.append(cute.assume(r * BK + (chunk ^ (r % 8)) * CHUNK, divby=CHUNK))
@@ -223,7 +225,7 @@ class WgmmaGroupedGemm(GroupedGemm):
                 k_blocks: Int32, tiled_mma: cute.TiledMma, sA: cute.Tensor, sB: cute.Tensor, sc_ptr: cute.Pointer,
                 full: cute.Pointer, empty: cute.Pointer, out_ptr: cute.Pointer, lora_ptr: cute.Pointer,
                 p2e: cute.Tensor, tile_info: cute.Tensor, alpha: cute.Tensor, beta: cute.Tensor,
-                clamp: cute.Tensor, m: Int32, n_out: Int32):
+                clamp: cute.Tensor, out_scale: cute.Tensor, m: Int32, n_out: Int32):
         """WGMMA over the ring, then the template's epilogue; ``tidx`` counts the MMA threads."""
         thr_mma = tiled_mma.get_slice(tidx)
         tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))
@@ -280,9 +282,9 @@ class WgmmaGroupedGemm(GroupedGemm):
                 block = mb * self.passes + h
                 if cutlass.const_expr(self.is_fc1):
                     self.store_fc1(tidx, sc_ptr, expert, row0, nrows, block, out_ptr, lora_ptr, p2e, alpha, beta,
-                                   clamp, m, n_out)
+                                   clamp, out_scale, m, n_out)
                 else:
-                    self.store_fc2(tidx, sc_ptr, row0, nrows, block, out_ptr, m, n_out)
+                    self.store_fc2(tidx, sc_ptr, expert, row0, nrows, block, out_ptr, out_scale, m, n_out)
 
     @cute.jit
     def stage_rep(self, acc: cute.Tensor, tCsC: cute.Tensor, rep: cutlass.Constexpr):
