@@ -44,22 +44,33 @@ def _per_expert(v: torch.Tensor, local: int) -> torch.Tensor:
     return v if v.shape[0] == local else v.expand(local).contiguous()
 
 
-def b12x_fused_moe(x: torch.Tensor, w1_weight: torch.Tensor, w1_weight_sf: torch.Tensor, w2_weight: torch.Tensor,
-                   w2_weight_sf: torch.Tensor, token_selected_experts: torch.Tensor,
-                   token_final_scales: torch.Tensor, num_experts: int, top_k: int, *, w1_alpha: torch.Tensor,
-                   w2_alpha: torch.Tensor, fc2_input_scale: Optional[torch.Tensor] = None,
-                   num_local_experts: Optional[int] = None, output: Optional[torch.Tensor] = None,
-                   output_dtype: torch.dtype = torch.bfloat16, activation: str = "silu",
-                   activation_precision: str = "fp4", quant_mode: Optional[str] = None,
-                   source_format: str = "modelopt", input_global_scale: Optional[torch.Tensor] = None,
-                   local_expert_offset: int = 0, gemm_variant: Optional[str] = None) -> torch.Tensor:
-    """FP4-expert fused MoE -> ``[T, H]`` bf16 (``output`` when given). ``x [T, H]`` bf16;
-    ``w1_weight`` uint8 ``[L, M, H/2]`` (``M = 2I`` rows ``[up; gate]`` for "silu", ``I`` for
-    "relu2"), ``w2_weight [L, H, I/2]``, their ue4m3 scales as prepare_b12x_fp4_moe_weights returns
-    them; ``token_selected_experts`` int32 ``[T, top_k]`` global ids, ``token_final_scales``
-    float32 / bf16 ``[T, top_k]``; ``w1_alpha``, ``w2_alpha`` float32 ``[L]``;
-    ``fc2_input_scale`` / ``input_global_scale`` float32 ``[L]`` or ``[1]`` (nvfp4 only; the first
-    required). H and I must be multiples of 128. ``gemm_variant`` forces micro / static / dynamic."""
+def _traced(x) -> bool:
+    """torch.compile / export / fake tensors: the data-pointer checks cannot run; the custom op
+    checks the tensors when it runs (validate.validate_moe_call)."""
+    return torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0 or type(x) is not torch.Tensor
+
+
+def _traced_call(x, w2_weight, num_experts, top_k, num_local_experts, local_expert_offset, fc2_input_scale,
+                 input_global_scale, output_dtype, activation, activation_precision, quant_mode,
+                 source_format) -> validate.B12xCall:
+    mode, gated = validate.b12x_modes(activation=activation, activation_precision=activation_precision,
+                                      quant_mode=quant_mode, source_format=source_format, output_dtype=output_dtype)
+    if mode == "nvfp4" and fc2_input_scale is None:
+        raise ValueError("fc2_input_scale: expected a float32 tensor [1] or [E] (nvfp4 quantizes FC2's input with "
+                         "it), got None")
+    if mode != "nvfp4" and input_global_scale is not None:
+        raise ValueError("input_global_scale: expected None with bf16 activations (w4a16 quantizes no activation)")
+    local = num_experts if num_local_experts is None else num_local_experts
+    return validate.B12xCall(mode, source_format, gated, x.shape[0], x.shape[1], 2 * w2_weight.shape[2], top_k,
+                             num_experts, local, local_expert_offset)
+
+
+def _checked_call(x, w1_weight, w1_weight_sf, w2_weight, w2_weight_sf, token_selected_experts, token_final_scales,
+                  num_experts, top_k, w1_alpha, w2_alpha, fc2_input_scale, num_local_experts, output, output_dtype,
+                  activation, activation_precision, quant_mode, source_format, input_global_scale,
+                  local_expert_offset) -> validate.B12xCall:
+    """validate.validate_b12x_args, once per argument signature (shapes, strides, dtypes, devices,
+    scalars; data pointers are checked at every launch)."""
     sig = (_meta(x), _meta(w1_weight), _meta(w1_weight_sf), _meta(w2_weight), _meta(w2_weight_sf),
            _meta(token_selected_experts), _meta(token_final_scales), _meta(w1_alpha), _meta(w2_alpha),
            _meta(fc2_input_scale), _meta(input_global_scale), _meta(output), num_experts, top_k, num_local_experts,
@@ -80,7 +91,34 @@ def b12x_fused_moe(x: torch.Tensor, w1_weight: torch.Tensor, w1_weight_sf: torch
         if len(_CHECKED) >= _MAX_CHECKED:
             _CHECKED.clear()
         _CHECKED[sig] = call
+    return call
 
+
+def b12x_fused_moe(x: torch.Tensor, w1_weight: torch.Tensor, w1_weight_sf: torch.Tensor, w2_weight: torch.Tensor,
+                   w2_weight_sf: torch.Tensor, token_selected_experts: torch.Tensor,
+                   token_final_scales: torch.Tensor, num_experts: int, top_k: int, *, w1_alpha: torch.Tensor,
+                   w2_alpha: torch.Tensor, fc2_input_scale: Optional[torch.Tensor] = None,
+                   num_local_experts: Optional[int] = None, output: Optional[torch.Tensor] = None,
+                   output_dtype: torch.dtype = torch.bfloat16, activation: str = "silu",
+                   activation_precision: str = "fp4", quant_mode: Optional[str] = None,
+                   source_format: str = "modelopt", input_global_scale: Optional[torch.Tensor] = None,
+                   local_expert_offset: int = 0, gemm_variant: Optional[str] = None) -> torch.Tensor:
+    """FP4-expert fused MoE -> ``[T, H]`` bf16 (``output`` when given). ``x [T, H]`` bf16;
+    ``w1_weight`` uint8 ``[L, M, H/2]`` (``M = 2I`` rows ``[up; gate]`` for "silu", ``I`` for
+    "relu2"), ``w2_weight [L, H, I/2]``, their ue4m3 scales as prepare_b12x_fp4_moe_weights returns
+    them; ``token_selected_experts`` int32 ``[T, top_k]`` global ids, ``token_final_scales``
+    float32 / bf16 ``[T, top_k]``; ``w1_alpha``, ``w2_alpha`` float32 ``[L]``;
+    ``fc2_input_scale`` / ``input_global_scale`` float32 ``[L]`` or ``[1]`` (nvfp4 only; the first
+    required). H and I must be multiples of 128. ``gemm_variant`` forces micro / static / dynamic."""
+    if _traced(x):
+        call = _traced_call(x, w2_weight, num_experts, top_k, num_local_experts, local_expert_offset,
+                            fc2_input_scale, input_global_scale, output_dtype, activation, activation_precision,
+                            quant_mode, source_format)
+    else:
+        call = _checked_call(x, w1_weight, w1_weight_sf, w2_weight, w2_weight_sf, token_selected_experts,
+                             token_final_scales, num_experts, top_k, w1_alpha, w2_alpha, fc2_input_scale,
+                             num_local_experts, output, output_dtype, activation, activation_precision, quant_mode,
+                             source_format, input_global_scale, local_expert_offset)
     local = call.local_num_experts
     a1, a2 = w1_alpha, w2_alpha
     x_scale = act_scale = None

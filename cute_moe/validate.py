@@ -718,12 +718,9 @@ def validate_b12x_weights(*, w1_weight, w1_weight_sf, w2_weight, w2_weight_sf, w
     return inter
 
 
-def validate_b12x_args(*, x, w1_weight, w1_weight_sf, w2_weight, w2_weight_sf, token_selected_experts,
-                       token_final_scales, num_experts, top_k, w1_alpha, w2_alpha, fc2_input_scale,
-                       input_global_scale, num_local_experts, local_expert_offset, output, output_dtype, activation,
-                       activation_precision, quant_mode, source_format, require_cuda: bool = True) -> B12xCall:
-    """Every argument of ``b12x_fused_moe`` (cute_moe.reference_b12x states the rules); raises
-    ValueError / TypeError naming the argument. Device values (expert ids) are not read."""
+def b12x_modes(*, activation, activation_precision, quant_mode, source_format, output_dtype):
+    """The string arguments of ``b12x_fused_moe`` -> (quant mode "nvfp4" or "w4a16", gated); pure
+    Python (no tensor is looked at), so a traced call can run it too."""
     if quant_mode is None:
         if activation_precision not in B12X_ACTIVATION_PRECISIONS:
             _fail_value("activation_precision", f"one of {tuple(B12X_ACTIVATION_PRECISIONS)}", repr(activation_precision))
@@ -744,7 +741,17 @@ def validate_b12x_args(*, x, w1_weight, w1_weight_sf, w2_weight, w2_weight_sf, t
     gated = B12X_ACTIVATIONS[activation]
     if output_dtype != torch.bfloat16:
         _fail_value("output_dtype", "torch.bfloat16", output_dtype)
+    return mode, gated
 
+
+def validate_b12x_args(*, x, w1_weight, w1_weight_sf, w2_weight, w2_weight_sf, token_selected_experts,
+                       token_final_scales, num_experts, top_k, w1_alpha, w2_alpha, fc2_input_scale,
+                       input_global_scale, num_local_experts, local_expert_offset, output, output_dtype, activation,
+                       activation_precision, quant_mode, source_format, require_cuda: bool = True) -> B12xCall:
+    """Every argument of ``b12x_fused_moe`` (cute_moe.reference_b12x states the rules); raises
+    ValueError / TypeError naming the argument. Device values (expert ids) are not read."""
+    mode, gated = b12x_modes(activation=activation, activation_precision=activation_precision,
+                             quant_mode=quant_mode, source_format=source_format, output_dtype=output_dtype)
     t, h, device = validate_hidden_states(x, require_cuda=require_cuda, name="x")
     num_experts = _check_int("num_experts", num_experts, minimum=1)
     top_k = _check_int("top_k", top_k, minimum=1)
