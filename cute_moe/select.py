@@ -56,6 +56,22 @@ _WARP_VARIANT_BY_ROWS: Tuple[Tuple[float, str], ...] = (
     (4.0, "micro"),
     (float("inf"), "dynamic"),
 )
+# NVFP4 experts (b12x, W4A16 dequantizing in the kernel), H100, end to end (us, graph replay):
+#
+#   rows/expert  shape                    micro 64x8/16  static 128x32  dynamic 128x32
+#   0.5 (T=8)    qwen3-30b-a3b            100.5          103.6          147.3
+#   4 (T=64)     qwen3-30b-a3b            218.7          218.5          325.6
+#   1 (T=8)      deepseek-v3, 64 experts  504.5          508.6          756.2
+#   8 (T=64)     deepseek-v3, 64 experts  1255.2         933.5          1216.9
+#
+# The tiles-fastest grid keeps the CTAs that dequantize one weight block together; the
+# persistent grid (2 CTAs per SM) loses at every measured decode point. 16 is the bound of
+# static's 32-row tile.
+_FP4_VARIANT_BY_ROWS: Tuple[Tuple[float, str], ...] = (
+    (4.0, "micro"),
+    (16.0, "static"),
+    (float("inf"), "dynamic"),
+)
 
 # bn per variant, persistent FC1 + FC2 (us):
 #
@@ -166,7 +182,7 @@ def select_config(*, num_tokens: int, top_k: int, hidden_size: int, intermediate
     del hidden_size, intermediate_size  # tiles handle every supported H, I
     arch = _arch(device, arch)
     rows = max(int(num_tokens), 1) * int(top_k) / max(int(local_num_experts), 1)
-    table = VARIANT_BY_ROWS[arch] if weight_kind == "bf16" else _WARP_VARIANT_BY_ROWS
+    table = {"bf16": VARIANT_BY_ROWS[arch], "nvfp4": _FP4_VARIANT_BY_ROWS}.get(weight_kind, _WARP_VARIANT_BY_ROWS)
     chosen = forced_variant(variant) or _first(table, rows)
     if chosen == "wgmma" and (arch != "sm_90a" or weight_kind != "bf16"):
         raise ValueError(f"variant 'wgmma' runs bf16 weights on sm_90a, got {weight_kind} weights on {arch}")
