@@ -6,12 +6,12 @@ from __future__ import annotations
 from .kernels import runtime
 
 
-def quantize_kernel(arch: str, gather: bool):
-    """The launcher of ``QuantizeRows(gather)`` for ``arch``, compiled or loaded on first use."""
+def quantize_kernel(arch: str, gather: bool, packed: bool = False):
+    """The launcher of ``QuantizeRows(gather, packed)`` for ``arch``, compiled or loaded on first use."""
     from .kernels.fp4_quantize import QuantizeRows, quantize_example_args
 
-    return runtime.KERNELS.get(("nvfp4_quantize_rows", bool(gather)), arch,
-                               lambda: (QuantizeRows(bool(gather)), quantize_example_args()))
+    return runtime.KERNELS.get(("nvfp4_quantize_rows", bool(gather), bool(packed)), arch,
+                               lambda: (QuantizeRows(bool(gather), bool(packed)), quantize_example_args(bool(packed))))
 
 
 def launch_quantize(kernel, src: int, dst: int, global_scale: int, p2e: int, tile_info: int, counters: int,

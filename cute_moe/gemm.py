@@ -50,30 +50,48 @@ def _weight_kind(kind: str) -> str:
     return kind
 
 
+# How a GEMM reads its token rows: "gathered" (FC1: hidden_states rows through the permutation),
+# "permuted" (rows in plan order: FC2, or FC1 on quantized rows), "fp4" (packed NVFP4 rows and
+# scales in plan order, for SM120's block-scaled MMA: kernels/grouped_gemm_sm120.py)
+TOKEN_ROWS = ("gathered", "permuted", "fp4")
+
+
+def _token_rows(rows: str) -> str:
+    if rows not in TOKEN_ROWS:
+        raise ValueError(f"token_rows: expected one of {TOKEN_ROWS}, got {rows!r}")
+    return rows
+
+
 def fc1_kernel_key(tile: TileConfig, variant: str, activation_type, has_lora: bool = False,
                    has_alpha: bool = False, has_beta: bool = False, has_clamp: bool = False,
-                   weight_kind: str = "bf16", has_out_scale: bool = False, gather_rows: bool = True) -> Tuple:
+                   weight_kind: str = "bf16", has_out_scale: bool = False, token_rows: str = "gathered") -> Tuple:
     return ("grouped_gemm", "fc1", tile, SCHEDULE_OF_VARIANT[variant], int(activation_type), bool(has_lora),
-            bool(has_alpha), bool(has_beta), bool(has_clamp), bool(has_out_scale), bool(gather_rows),
+            bool(has_alpha), bool(has_beta), bool(has_clamp), bool(has_out_scale), _token_rows(token_rows),
             _weight_kind(weight_kind))
 
 
-def fc2_kernel_key(tile: TileConfig, variant: str, weight_kind: str = "bf16", has_out_scale: bool = False) -> Tuple:
+def fc2_kernel_key(tile: TileConfig, variant: str, weight_kind: str = "bf16", has_out_scale: bool = False,
+                   token_rows: str = "permuted") -> Tuple:
     return ("grouped_gemm", "fc2", tile, SCHEDULE_OF_VARIANT[variant], int(ActivationType.Swiglu), False, False,
-            False, False, bool(has_out_scale), False, _weight_kind(weight_kind))
+            False, False, bool(has_out_scale), _token_rows(token_rows), _weight_kind(weight_kind))
 
 
 def _build(key: Tuple):
     from .kernels.grouped_gemm import GroupedGemm, example_args
     from .kernels.grouped_gemm_sm90 import WgmmaGroupedGemm
 
-    _, op, tile, schedule, act, lora, alpha, beta, clamp, out_scale, gather, kind = key
-    template = WgmmaGroupedGemm if tile.mma == "wgmma" else GroupedGemm
+    _, op, tile, schedule, act, lora, alpha, beta, clamp, out_scale, rows, kind = key
 
     def build():
+        if rows == "fp4":
+            from .kernels.grouped_gemm_sm120 import BlockScaledGroupedGemm, block_scaled_example_args
+
+            return (BlockScaledGroupedGemm(op, tile, schedule, activation=act, has_out_scale=out_scale),
+                    block_scaled_example_args())
+        template = WgmmaGroupedGemm if tile.mma == "wgmma" else GroupedGemm
         return (template(op, tile, schedule, activation=act, has_lora=lora, has_alpha=alpha, has_beta=beta,
-                         has_clamp=clamp, weight_format=kind, has_out_scale=out_scale, gather_rows=gather),
-                example_args(kind))
+                         has_clamp=clamp, weight_format=kind, has_out_scale=out_scale,
+                         gather_rows=rows == "gathered"), example_args(kind))
 
     return build
 
@@ -219,9 +237,12 @@ def grouped_gemm_fc2(act: torch.Tensor, plan: MoePlan, gemm2_weights: torch.Tens
 
 def gemm_kernel(key: Tuple, arch: str):
     """The launcher of a grouped GEMM key, compiled or loaded on first use."""
-    tile, kind = key[2], key[-1]
+    tile, rows, kind = key[2], key[-2], key[-1]
     if tile.mma == "wgmma" and (arch != "sm_90a" or kind != "bf16"):
         raise ValueError(f"the wgmma grouped GEMM runs bf16 weights on sm_90a, got {kind} weights on {arch}")
+    if rows == "fp4" and (arch != "sm_120a" or kind != "nvfp4" or tile.mma != "warp"):
+        raise ValueError(f"the block-scaled FP4 grouped GEMM runs NVFP4 weights on sm_120a, got {kind} weights on "
+                         f"{arch}")
     return runtime.KERNELS.get(key, arch, _build(key))
 
 

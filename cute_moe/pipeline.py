@@ -155,6 +155,11 @@ def call_signature(call: MoeCall) -> Tuple:
 _ALIGN = 256  # workspace buffers start on 256-byte boundaries
 
 
+def _quantized_bytes(rows: int, k: int, packed: bool) -> int:
+    """NVFP4-quantized rows: bf16 ``q * sf`` values, or packed codes then ue4m3 scales."""
+    return rows * k // 2 + rows * k // 16 if packed else 2 * rows * k
+
+
 @dataclass(frozen=True)
 class WorkspaceLayout:
     """Byte offsets of the internal buffers that share one allocation (None: allocated apart,
@@ -185,7 +190,8 @@ class CallRecipe:
     config: GemmConfig
     plan: PlanShape
     route: Optional[Callable]  # FromLogits: the routing kernel
-    quantize: Optional[Tuple[Callable, Callable]]  # NVFP4 inputs: (x rows, FC1's act in place)
+    quantize: Optional[Tuple[Callable, Callable]]  # NVFP4 inputs: (x rows, FC1's act)
+    block_scaled: bool  # NVFP4 inputs on SM120: packed FP4 rows for the block-scaled MMA
     unpack: Optional[Callable]  # PackedPrecomputed: the unpacking kernel
     plan_kernels: List[Callable]
     fc1: Callable
@@ -224,6 +230,9 @@ class CallRecipe:
         finalize = bool(call.do_finalize)
         pairs, rows, tiles, local = shape.num_pairs, shape.max_padded_rows, shape.max_tiles, shape.local_num_experts
         own_routing = call.mode != RoutingInputMode.UnpackedPrecomputed
+        # SM120 multiplies NVFP4 weights by NVFP4 activations on its block-scaled MMA; other arches
+        # dequantize both to bf16 (the same products, exactly)
+        block_scaled = arch == "sm_120a" and call.weights.quantizes_inputs
         layout = WorkspaceLayout.of({
             "topk_ids": (4 * pairs, own_routing),
             "topk_weights": (2 * pairs, own_routing and finalize),
@@ -235,26 +244,31 @@ class CallRecipe:
             "counters": (16, True),
             "plan_workspace": (4 * plan_workspace_ints(shape), True),
             "act": (2 * rows * inter, not lora),
-            "x_quantized": (2 * rows * h if call.weights.quantizes_inputs else 0, True),
+            "x_quantized": (_quantized_bytes(rows, h, block_scaled) if call.weights.quantizes_inputs else 0, True),
+            "act_quantized": (_quantized_bytes(rows, inter, True) if block_scaled else 0, True),
             "gemm2_output": (2 * rows * h, finalize),
         })
         m = (2 if act.is_gated else 1) * inter
         kind = call.weights.kind
         out_scale = call.weights.gemm1_out_scale is not None
         quantize = None
+        fc1_rows, fc2_rows = "gathered", "permuted"
         if call.weights.quantizes_inputs:
             from .activation_quant import quantize_kernel
 
-            quantize = (quantize_kernel(arch, gather=True), quantize_kernel(arch, gather=False))
+            quantize = (quantize_kernel(arch, gather=True, packed=block_scaled),
+                        quantize_kernel(arch, gather=False, packed=block_scaled))
+            fc1_rows, fc2_rows = ("fp4", "fp4") if block_scaled else ("permuted", "permuted")
         fc1 = gemm_kernel(fc1_kernel_key(config.fc1, config.variant, act, lora, call.gemm1_alpha is not None,
                                          call.gemm1_beta is not None, call.gemm1_clamp_limit is not None, kind,
-                                         has_out_scale=out_scale, gather_rows=quantize is None), arch)
-        fc2 = gemm_kernel(fc2_kernel_key(config.fc2, config.variant, kind, has_out_scale=out_scale), arch)
+                                         has_out_scale=out_scale, token_rows=fc1_rows), arch)
+        fc2 = gemm_kernel(fc2_kernel_key(config.fc2, config.variant, kind, has_out_scale=out_scale,
+                                         token_rows=fc2_rows), arch)
         weights_f32 = call.topk_weights is not None and call.topk_weights.dtype == torch.float32
         combine = combine_kernel(arch, k, weights_f32) if finalize else None
         scale = 1.0 if call.routed_scaling_factor is None else float(call.routed_scaling_factor)
         return cls(device.index if device.index is not None else torch.cuda.current_device(), config, shape, route,
-                   quantize, unpack, plan_kernels(arch, plan_is_single_cta(shape)), fc1, fc2, combine,
+                   quantize, block_scaled, unpack, plan_kernels(arch, plan_is_single_cta(shape)), fc1, fc2, combine,
                    _num_ctas(config, config.fc1, device, tiles, m), _num_ctas(config, config.fc2, device, tiles, h),
                    m, scale, layout)
 
@@ -350,18 +364,19 @@ def run_moe(call: MoeCall) -> List[torch.Tensor]:
     rows, inter, local, tiles = shape.max_padded_rows, int(call.intermediate_size), shape.local_num_experts, shape.max_tiles
     pdl = recipe.config.pdl
     act = buf("act", (rows, inter), torch.bfloat16)
-    fc1_x = x
+    fc1_x, fc2_x = x, act
     if recipe.quantize is not None:  # NVFP4 inputs: x's rows quantized per routed expert, in plan order
         fc1_x = buf("x_quantized")
         launch_quantize(recipe.quantize[0], x, fc1_x, in1, plan.p2e, plan.tiles, plan.counters, h, k, local, tiles,
                         shape.tile_rows, stream)
     launch_gemm(recipe.fc1, w1, s1, fc1_x, plan.p2e, plan.tiles, plan.counters, act, lora, alpha, beta, clamp, out1,
                 recipe.fc1_rows, h, inter, k, local, tiles, recipe.fc1_ctas, pdl, stream)
-    if recipe.quantize is not None:
-        launch_quantize(recipe.quantize[1], act, act, in2, plan.p2e, plan.tiles, plan.counters, inter, k, local,
+    if recipe.quantize is not None:  # FC1's activation: in place (bf16 q * sf) or packed apart (SM120)
+        fc2_x = buf("act_quantized") if recipe.block_scaled else act
+        launch_quantize(recipe.quantize[1], act, fc2_x, in2, plan.p2e, plan.tiles, plan.counters, inter, k, local,
                         tiles, shape.tile_rows, stream)
     gemm2 = buf("gemm2_output", (rows, h), torch.bfloat16)
-    launch_gemm(recipe.fc2, w2, s2, act, plan.p2e, plan.tiles, plan.counters, gemm2, act, act, act, act, out2, h, inter,
+    launch_gemm(recipe.fc2, w2, s2, fc2_x, plan.p2e, plan.tiles, plan.counters, gemm2, act, act, act, act, out2, h, inter,
                 h, k, local, tiles, recipe.fc2_ctas, pdl, stream)
 
     extra = [own["act"]] if call.gemm1_lora_delta is not None else []

@@ -141,6 +141,12 @@ _SM90_WGMMA_TILES = {
 _SM120_TILES = dict(_SM90_TILES)
 _SM120_TILES[("dynamic", 128)] = (_t(128, 128, 2, 2, 3), _t(128, 128, 2, 2, 3), 1, False)
 
+# NVFP4 experts on SM120: the block-scaled FP4 MMA keeps a warp's accumulators, A fragments and
+# addresses in registers; 64x64 per warp spills (255 registers + 48 bytes of stack), so the
+# 128x128 tile takes 8 warps of 32x64 (compile-checked only: no SM120 GPU has run it).
+_SM120_FP4_TILES = dict(_SM120_TILES)
+_SM120_FP4_TILES[("dynamic", 128)] = (_t(128, 128, 4, 2, 3), _t(128, 128, 4, 2, 3), 1, False)
+
 VARIANT_BY_ROWS: Dict[str, Tuple[Tuple[float, str], ...]] = {
     "sm_90a": _SM90_VARIANT_BY_ROWS, "sm_100a": _WARP_VARIANT_BY_ROWS, "sm_120a": _WARP_VARIANT_BY_ROWS}
 TILES: Dict[str, Dict[Tuple[str, int], Tuple[TileConfig, TileConfig, int, bool]]] = {
@@ -187,5 +193,6 @@ def select_config(*, num_tokens: int, top_k: int, hidden_size: int, intermediate
     if chosen == "wgmma" and (arch != "sm_90a" or weight_kind != "bf16"):
         raise ValueError(f"variant 'wgmma' runs bf16 weights on sm_90a, got {weight_kind} weights on {arch}")
     bn = _first(BN_BY_ROWS[chosen], rows)
-    fc1, fc2, ctas, pdl = TILES[arch][(chosen, bn)]
+    tiles = _SM120_FP4_TILES if (arch, weight_kind) == ("sm_120a", "nvfp4") else TILES[arch]
+    fc1, fc2, ctas, pdl = tiles[(chosen, bn)]
     return GemmConfig(chosen, fc1, fc2, ctas, pdl)

@@ -22,6 +22,10 @@ VARIANTS = [
      ["cvt.rn.satfinite.e4m3x2.f32", "cvt.rn.f16x2.e4m3x2", "div.rn.f32", "ld.global.v4", "st.global.v4"]),
     ("nvfp4_quantize_in_place", lambda: fp4_quantize.QuantizeRows(False), fp4_quantize.quantize_example_args,
      ["cvt.rn.satfinite.e4m3x2.f32", "div.rn.f32", "st.global.v4"]),
+    # packed codes + scales for SM120's block-scaled MMA: 8 bytes of codes and one scale byte per block
+    ("nvfp4_quantize_packed", lambda: fp4_quantize.QuantizeRows(True, packed=True),
+     lambda: fp4_quantize.quantize_example_args(True), ["cvt.rn.satfinite.e4m3x2.f32", "st.global.v2.b32",
+                                                        "st.global.b8"]),
     ("pack_topk_bf16", lambda: topk_pack.PackTopk(False), lambda: topk_pack.pack_example_args(False), ["st.global.b32"]),
     ("pack_topk_f32", lambda: topk_pack.PackTopk(True), lambda: topk_pack.pack_example_args(True), ["st.global.b32"]),
     ("unpack_topk", topk_pack.UnpackTopk, topk_pack.unpack_example_args, ["shr.s32", "st.global.b16"]),

@@ -606,3 +606,90 @@ def test_programmatic_launch_chain(variant, tokens, record_error):
         y_ref[sel] = act[rows[sel]].float() @ w2[e].float().T  # FC2 of the act FC1 wrote
     _compare(act[rows], act_ref, record_error, "fc1")
     _compare(y[rows], y_ref, record_error, "fc2")
+
+
+# --------------------------------------------------------------------------- SM120 block-scaled FP4 (CPU)
+
+BLOCK_SCALED_PTX = ["mma.sync.aligned.kind::mxf4nvf4.block_scale.scale_vec::4X.m16n8k64.row.col.f32.e2m1.e2m1.f32.ue4m3",
+                    "cp.async.cg.shared.global", "cp.async.ca.shared.global", "st.global.v4"]
+
+
+def _block_scaled_tiles():
+    """Every tile the nvfp4 selector can pick on sm_120a, with its schedule."""
+    from cute_moe.kernels.gemm_config import SCHEDULE_OF_VARIANT
+    from cute_moe.select import _SM120_FP4_TILES, BN_BY_ROWS
+
+    tiles = {}
+    for variant in ("micro", "static", "dynamic"):
+        for _, bn in BN_BY_ROWS[variant]:
+            fc1, fc2, _, _ = _SM120_FP4_TILES[(variant, bn)]
+            tiles[(fc1, SCHEDULE_OF_VARIANT[variant])] = None
+            tiles[(fc2, SCHEDULE_OF_VARIANT[variant])] = None
+    return list(tiles)
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("tile,schedule", _block_scaled_tiles(), ids=lambda v: getattr(v, "tag", v))
+def test_block_scaled_fp4_compiles_for_sm120(tile, schedule):
+    """FC1 (silu; relu2 on the first tile) and FC2 of every selectable tile: the block-scaled MMA in
+    the PTX, no local memory, no stack."""
+    import cutlass.cute as cute
+
+    from cute_moe.kernels.grouped_gemm_sm120 import BlockScaledGroupedGemm, block_scaled_example_args
+
+    for op, act in (("fc1", SWIGLU), ("fc1", RELU2), ("fc2", SWIGLU)):
+        if act == RELU2 and tile.bm != 64:
+            continue
+        kernel = BlockScaledGroupedGemm(op, tile, schedule, activation=act)
+        compiled = cute.compile(kernel, *block_scaled_example_args(),
+                                options=f"--gpu-arch sm_120a --keep-ptx --keep-cubin --dump-dir {runtime._dump_dir()}")
+        ptx = compiled.artifacts.PTX
+        for needle in BLOCK_SCALED_PTX:
+            assert needle in ptx, f"{op} {tile.tag}: '{needle}' missing from the PTX"
+        assert ".local" not in ptx and "mma.sync.aligned.m16n8k16" not in ptx
+        res = cubin_resources(compiled.artifacts.CUBIN)
+        assert res["frame"] <= STACK_BUDGET_BYTES and res["regs"] <= 255, f"{op} {tile.tag}: {res}"
+
+
+def test_block_scaled_fragments_match_the_instruction_layouts():
+    """The fragment functions the SM120 kernel loads and stores with agree, lane by lane and value
+    by value, with the DSL's thread-value layouts of the m16n8k64 block-scaled MMA (A, B, C and the
+    scale operands), computed in a subprocess for sm_120a."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cute_moe.kernels.grouped_gemm_sm120 import a_fragment, b_fragment, c_fragment, sfa_row, sfb_row
+
+    here = Path(__file__).parent
+    env = dict(os.environ, CUTE_DSL_ARCH="sm_120a")
+    out = subprocess.run([sys.executable, str(here / "sm120_mma_layouts.py")], capture_output=True, text=True,
+                         env=env, cwd=here, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    tables = json.loads(out.stdout.strip().splitlines()[-1])
+    for lane in range(32):
+        for v, (m, k) in enumerate(tables["A"][lane]):  # 8 consecutive k per register, low nibble first
+            row, byte = a_fragment(lane, v // 8)
+            assert (m, k) == (row, 2 * byte + v % 8), ("A", lane, v)
+        for v, (n, k) in enumerate(tables["B"][lane]):
+            row, byte = b_fragment(lane, v // 8)
+            assert (n, k) == (row, 2 * byte + v % 8), ("B", lane, v)
+        for v, (m, n) in enumerate(tables["C"][lane]):
+            assert (m, n) == c_fragment(lane, v), ("C", lane, v)
+        assert {m for m, _ in tables["SFA"][lane]} == {sfa_row(lane)}
+        assert sorted(k for _, k in tables["SFA"][lane]) == list(range(64))  # the whole k-block: one word
+        assert {n for n, _ in tables["SFB"][lane]} == {sfb_row(lane)}
+        assert sorted(k for _, k in tables["SFB"][lane]) == list(range(64))
+
+
+def test_block_scaled_runs_nvfp4_on_sm120_only():
+    from cute_moe.gemm import fc1_kernel_key, fc2_kernel_key, gemm_kernel
+
+    tile = TileConfig(64, 8, 4, 1, 8)
+    for arch, kind in (("sm_90a", "nvfp4"), ("sm_100a", "nvfp4"), ("sm_120a", "mxint4")):
+        with pytest.raises(ValueError, match="block-scaled"):
+            gemm_kernel(fc2_kernel_key(tile, "micro", kind, has_out_scale=True, token_rows="fp4"), arch)
+    with pytest.raises(ValueError, match="token_rows"):
+        fc1_kernel_key(tile, "micro", SWIGLU, weight_kind="nvfp4", token_rows="packed")

@@ -77,6 +77,31 @@ def _e2m1_ptx() -> str:
     return "\n".join(lines)
 
 
+def _e2m1_code_ptx() -> str:
+    lines = ["{", ".reg .pred p;", ".reg .f32 a;", ".reg .b32 q, t, m;",
+             "abs.f32 a, $1;", "div.rn.f32 a, a, $2;", "mov.b32 q, 0;"]
+    for bound, cmp, _ in _E2M1_STEPS:
+        lines += [f"setp.{cmp}.f32 p, a, {_f32_hex(bound)};", "selp.b32 t, 1, 0, p;", "add.u32 q, q, t;"]
+    lines += ["mov.b32 m, $1;", "shr.u32 m, m, 31;", "shl.b32 m, m, 3;", "or.b32 $0, q, m;", "}"]
+    return "\n".join(lines)
+
+
+def e2m1_code(v: Float32, denom: Float32) -> Int32:
+    """The 4-bit e2m1 code of ``e2m1_round(v, denom)``: sign in bit 3, magnitude index 0..7."""
+    return Int32(llvm.inline_asm(T.i32(), [Float32(a).ir_value() for a in (v, denom)], _e2m1_code_ptx(),
+                                 "=r,f,f", has_side_effects=False, is_align_stack=False))
+
+
+def ue4m3_bits(x: Float32) -> Int32:
+    """The ue4m3 byte of ``ue4m3_round(x)``."""
+    ptx = ("{\n.reg .b16 q;\n"
+           "cvt.rn.satfinite.e4m3x2.f32 q, $1, $1;\n"
+           "cvt.u32.u16 $0, q;\n"
+           "and.b32 $0, $0, 0xFF;\n}")
+    return Int32(llvm.inline_asm(T.i32(), [Float32(x).ir_value()], ptx, "=r,f", has_side_effects=False,
+                                 is_align_stack=False))
+
+
 def e2m1_round(v: Float32, denom: Float32) -> Float32:
     """``e2m1(v / denom)`` as a float: ``|v| / denom`` (IEEE division) rounded to the nearest of
     0, 0.5, 1, 1.5, 2, 3, 4, 6 (ties to the even code, saturating at 6), with the sign bit of
@@ -90,10 +115,13 @@ def abs_f32(x: Float32) -> Float32:
 
 class QuantizeRows:
     """Compile-time: ``gather`` (``x``'s token rows through the permutation, else the rows in
-    place)."""
+    place); ``packed``: store the FP4 block itself (for SM120's block-scaled MMA) instead of bf16
+    ``q * sf``: e2m1 codes ``[P, K/2]`` (low nibble first), then the ue4m3 scales ``[P, K/16]``
+    row-major, in one buffer (``P = max_tiles * tile_rows``)."""
 
-    def __init__(self, gather: bool):
+    def __init__(self, gather: bool, packed: bool = False):
         self.gather = gather
+        self.packed = packed
 
     @cute.jit
     def __call__(self, src_ptr: cute.Pointer, dst_ptr: cute.Pointer, gs_ptr: cute.Pointer, p2e_ptr: cute.Pointer,
@@ -105,12 +133,12 @@ class QuantizeRows:
         counters = cute.make_tensor(counters_ptr, cute.make_layout(4))
         p2e = cute.make_tensor(p2e_ptr, cute.make_layout(max_tiles * tile_rows))
         gs = cute.make_tensor(gs_ptr, cute.make_layout(num_experts))
-        self.kernel(src_ptr, dst_ptr, gs, p2e, tile_info, counters, k, top_k).launch(
+        self.kernel(src_ptr, dst_ptr, gs, p2e, tile_info, counters, k, top_k, max_tiles * tile_rows).launch(
             grid=[max_tiles, (blocks + THREADS - 1) // THREADS, 1], block=[THREADS, 1, 1], stream=stream)
 
     @cute.kernel
     def kernel(self, src_ptr: cute.Pointer, dst_ptr: cute.Pointer, gs: cute.Tensor, p2e: cute.Tensor,
-               tile_info: cute.Tensor, counters: cute.Tensor, k: Int32, top_k: Int32):
+               tile_info: cute.Tensor, counters: cute.Tensor, k: Int32, top_k: Int32, max_rows: Int32):
         tile, by, _ = cute.arch.block_idx()
         b = by * THREADS + cute.arch.thread_idx()[0]
         if (tile < counters[0]) & (b < k // BLOCK):
@@ -135,18 +163,32 @@ class QuantizeRows:
                     amax = cute.arch.fmax(amax, abs_f32(v[i]))
                 sf = ue4m3_round(cute.arch.fmin(amax / g6, Float32(UE4M3_MAX)))
                 denom = sf * g
-                q = cute.make_rmem_tensor(BLOCK, Float32)
-                for i in cutlass.range_constexpr(BLOCK):
-                    q[i] = e2m1_round(v[i], denom) * sf
-                out = cute.make_rmem_tensor(BLOCK, BFloat16)
-                out.store(q.load().to(BFloat16))
-                dst = dst_ptr + cute.assume(cutlass.Int64(r) * cutlass.Int64(k) + cutlass.Int64(b * BLOCK),
-                                            divby=BLOCK)
-                cute.autovec_copy(out, cute.make_tensor(dst, vec))
+                if cutlass.const_expr(self.packed):
+                    words = cute.make_rmem_tensor(2, Int32)
+                    for w in cutlass.range_constexpr(2):
+                        word = Int32(0)
+                        for i in cutlass.range_constexpr(8):
+                            word = word | (e2m1_code(v[8 * w + i], denom) << (4 * i))
+                        words[w] = word
+                    dst = dst_ptr + cute.assume(cutlass.Int64(r) * cutlass.Int64(k // 2) + cutlass.Int64(b * 8),
+                                                divby=8)
+                    cute.autovec_copy(words, cute.make_tensor(cute.recast_ptr(dst, dtype=Int32), cute.make_layout(2)))
+                    scales = dst_ptr + cutlass.Int64(max_rows) * cutlass.Int64(k // 2)
+                    scales[cutlass.Int64(r) * cutlass.Int64(k // BLOCK) + cutlass.Int64(b)] = \
+                        cutlass.Uint8(ue4m3_bits(cute.arch.fmin(amax / g6, Float32(UE4M3_MAX))))
+                else:
+                    q = cute.make_rmem_tensor(BLOCK, Float32)
+                    for i in cutlass.range_constexpr(BLOCK):
+                        q[i] = e2m1_round(v[i], denom) * sf
+                    out = cute.make_rmem_tensor(BLOCK, BFloat16)
+                    out.store(q.load().to(BFloat16))
+                    dst = dst_ptr + cute.assume(cutlass.Int64(r) * cutlass.Int64(k) + cutlass.Int64(b * BLOCK),
+                                                divby=BLOCK)
+                    cute.autovec_copy(out, cute.make_tensor(dst, vec))
 
 
-def quantize_example_args():
+def quantize_example_args(packed: bool = False):
     """Arguments that compile ``QuantizeRows`` without a GPU."""
-    return (runtime.fake_ptr(torch.bfloat16, 16), runtime.fake_ptr(torch.bfloat16, 16),
+    return (runtime.fake_ptr(torch.bfloat16, 16), runtime.fake_ptr(torch.uint8 if packed else torch.bfloat16, 16),
             runtime.fake_ptr(torch.float32, 4), runtime.fake_ptr(torch.int32, 4), runtime.fake_ptr(torch.int32, 16),
             runtime.fake_ptr(torch.int32, 16), 256, 1, 1, 1, 8, runtime.fake_stream())

@@ -168,6 +168,22 @@ class GroupedGemm:
         self.vecs_per_row = rows // self.rows_per_vec
         self.c_stride = c_row_stride(rows)
 
+    def smem_total(self) -> int:
+        """Shared-memory bytes of one CTA (the float32 epilogue tile reuses the rings)."""
+        return self.smem.total if self.packed else self.tile.smem_bytes
+
+    def smem_pointers(self, raw: cute.Pointer):
+        """(bf16 A slots, token-row ring, packed-weight ring, scale ring) in shared memory; the
+        last two only with 4-bit weights (else any pointers, never used)."""
+        if cutlass.const_expr(self.packed):
+            return (cute.recast_ptr(raw + self.smem.a_bf16, dtype=BFloat16),
+                    cute.recast_ptr(raw + self.smem.b_ring, dtype=BFloat16),
+                    cute.recast_ptr(raw + self.smem.raw_ring, dtype=Uint8),
+                    cute.recast_ptr(raw + self.smem.scale_ring, dtype=self.scale_dtype))
+        sa_ptr = cute.recast_ptr(raw, dtype=BFloat16)
+        return (sa_ptr, cute.recast_ptr(raw + self.stages * self.bm * BK * 2, dtype=BFloat16),
+                cute.recast_ptr(raw, dtype=Uint8), sa_ptr)
+
     # ------------------------------------------------------------------ host side (jit)
 
     def plan_views(self, tile_info_ptr: cute.Pointer, counters_ptr: cute.Pointer, p2e_ptr: cute.Pointer,
@@ -232,19 +248,8 @@ class GroupedGemm:
         num_tiles = counters[0]
         m_blocks = (m + self.bm - 1) // self.bm
 
-        smem = cutlass.memory.SmemAllocator()
-        if cutlass.const_expr(self.packed):
-            raw = smem.allocate(self.smem.total, byte_alignment=SMEM_ALIGN)
-            sa_ptr = cute.recast_ptr(raw + self.smem.a_bf16, dtype=BFloat16)
-            sb_ptr = cute.recast_ptr(raw + self.smem.b_ring, dtype=BFloat16)
-            sq_ptr = cute.recast_ptr(raw + self.smem.raw_ring, dtype=Uint8)
-            ss_ptr = cute.recast_ptr(raw + self.smem.scale_ring, dtype=self.scale_dtype)
-        else:
-            raw = smem.allocate(self.tile.smem_bytes, byte_alignment=SMEM_ALIGN)
-            sa_ptr = cute.recast_ptr(raw, dtype=BFloat16)
-            sb_ptr = cute.recast_ptr(raw + self.stages * self.bm * BK * 2, dtype=BFloat16)
-            sq_ptr = cute.recast_ptr(raw, dtype=Uint8)  # unused
-            ss_ptr = sa_ptr  # unused
+        raw = cutlass.memory.SmemAllocator().allocate(self.smem_total(), byte_alignment=SMEM_ALIGN)
+        sa_ptr, sb_ptr, sq_ptr, ss_ptr = self.smem_pointers(raw)
         sc_ptr = cute.recast_ptr(raw, dtype=Float32)
 
         if cutlass.const_expr(self.schedule == "tiles_fastest"):
