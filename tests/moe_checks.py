@@ -23,12 +23,13 @@ def compare(out, ref, record, mask=None, **extra) -> float:
     return rel
 
 
-def check_graph_replay(run: Callable[[], object], out: torch.Tensor, refresh: Callable[[], None],
+def check_graph_replay(run: Callable[[], object], out, refresh: Callable[[], None],
                        eager: Callable[[], torch.Tensor], reference: Callable[[], torch.Tensor], record,
                        replays: int = 2) -> None:
-    """Capture ``run()`` (which writes ``out``) in a CUDA graph after one warm-up on a side
-    stream; then per replay: ``refresh()`` the inputs in place (new routing), replay, and require
-    ``out`` to equal ``eager()`` bit for bit and ``reference()`` within the bound."""
+    """Capture ``run()`` (which writes ``out``; ``out=None``: the tensor the captured call returns,
+    allocated in the graph's pool) in a CUDA graph after one warm-up on a side stream; then per
+    replay: ``refresh()`` the inputs in place (new routing), replay, and require ``out`` to equal
+    ``eager()`` bit for bit and ``reference()`` within the bound."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -36,7 +37,9 @@ def check_graph_replay(run: Callable[[], object], out: torch.Tensor, refresh: Ca
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        run()
+        captured = run()
+    if out is None:
+        out = captured
     for _ in range(replays):
         refresh()
         graph.replay()

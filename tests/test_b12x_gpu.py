@@ -94,6 +94,12 @@ def _routing(case: Case, t: int, pool=None, generator=None):
     return ids, weights / weights.sum(1, keepdim=True)
 
 
+def _args(case: Case, ex: Experts, x, ids, w):
+    """b12x_fused_moe's positional arguments."""
+    return (x, ex.prepared["w1_weight"], ex.prepared["w1_weight_sf"], ex.prepared["w2_weight"],
+            ex.prepared["w2_weight_sf"], ids, w, case.experts, case.top_k)
+
+
 def _kwargs(case: Case, ex: Experts, mode: str, **extra):
     kw = dict(w1_alpha=ex.w1_alpha, w2_alpha=ex.w2_alpha, num_local_experts=case.num_local,
               local_expert_offset=case.offset, activation=case.activation, quant_mode=mode)
@@ -111,8 +117,7 @@ def _run(case: Case, t: int, mode: str, record, x_scale: float = 1.0, **extra):
     ex = _experts(case)
     x = (torch.randn(t, case.hidden, device="cuda") * x_scale).to(torch.bfloat16)
     ids, w = _routing(case, t)
-    args = (x, ex.prepared["w1_weight"], ex.prepared["w1_weight_sf"], ex.prepared["w2_weight"],
-            ex.prepared["w2_weight_sf"], ids, w, case.experts, case.top_k)
+    args = _args(case, ex, x, ids, w)
     kw = _kwargs(case, ex, mode, **extra)
     out = cute_moe.b12x_fused_moe(*args, **kw)
     assert out.shape == (t, case.hidden) and out.dtype == torch.bfloat16
@@ -159,8 +164,7 @@ def test_b12x_hot_and_empty_experts(mode, record_error):
     x = torch.randn(t, case.hidden, device="cuda").to(torch.bfloat16)
     ids, w = _routing(case, t, pool=[0, 1, 2, 4])
     ids[:, 0] = 3
-    args = (x, ex.prepared["w1_weight"], ex.prepared["w1_weight_sf"], ex.prepared["w2_weight"],
-            ex.prepared["w2_weight_sf"], ids, w, case.experts, case.top_k)
+    args = _args(case, ex, x, ids, w)
     kw = _kwargs(case, ex, mode)
     compare(cute_moe.b12x_fused_moe(*args, **kw), reference_b12x_fused_moe(*args, **kw).output, record_error)
 
@@ -186,9 +190,7 @@ def test_b12x_w4a16_matches_bf16_entry_on_dequantized_weights(record_error):
     t = 300
     x = torch.randn(t, case.hidden, device="cuda").to(torch.bfloat16)
     ids, w = _routing(case, t)
-    out = cute_moe.b12x_fused_moe(x, ex.prepared["w1_weight"], ex.prepared["w1_weight_sf"], ex.prepared["w2_weight"],
-                                  ex.prepared["w2_weight_sf"], ids, w, case.experts, case.top_k,
-                                  **_kwargs(case, ex, "w4a16"))
+    out = cute_moe.b12x_fused_moe(*_args(case, ex, x, ids, w), **_kwargs(case, ex, "w4a16"))
     g1, g2 = prepare_bf16_moe_weights(ex.w1.to(torch.bfloat16), ex.w2.to(torch.bfloat16), ActivationType.Swiglu)
     bf16 = cute_moe.trtllm_bf16_routed_moe((ids, w), x, g1, g2, case.experts, case.top_k, None, None, case.inter, 0,
                                            case.experts)
@@ -203,16 +205,13 @@ def test_b12x_graph_replay_with_new_routing(mode, preallocated, record_error):
     t = 96
     x = torch.randn(t, case.hidden, device="cuda").to(torch.bfloat16)
     ids, w = _routing(case, t)
-    args = (x, ex.prepared["w1_weight"], ex.prepared["w1_weight_sf"], ex.prepared["w2_weight"],
-            ex.prepared["w2_weight_sf"], ids, w, case.experts, case.top_k)
+    args = _args(case, ex, x, ids, w)
     kw = _kwargs(case, ex, mode)
-    holder = {"out": torch.empty(t, case.hidden, dtype=torch.bfloat16, device="cuda") if preallocated else None}
+    out = torch.empty(t, case.hidden, dtype=torch.bfloat16, device="cuda") if preallocated else None
     gen = torch.Generator(device="cuda").manual_seed(7)
 
-    def run():
-        res = cute_moe.b12x_fused_moe(*args, output=holder["out"] if preallocated else None, **kw)
-        holder["result"] = res
-        return res
+    def run():  # without a preallocated output, the graph replays into the captured call's tensor
+        return cute_moe.b12x_fused_moe(*args, output=out, **kw)
 
     def refresh():
         new_ids, new_w = _routing(case, t, generator=gen)
@@ -220,24 +219,8 @@ def test_b12x_graph_replay_with_new_routing(mode, preallocated, record_error):
         w.copy_(new_w)
         x.copy_(torch.randn(t, case.hidden, device="cuda", generator=gen).to(torch.bfloat16))
 
-    if preallocated:
-        check_graph_replay(run, holder["out"], refresh, lambda: cute_moe.b12x_fused_moe(*args, **kw),
-                           lambda: reference_b12x_fused_moe(*args, **kw).output, record_error)
-    else:  # the output lives in the graph's pool: the captured call's tensor is what replays write
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            run()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            captured = run()
-        for _ in range(2):
-            refresh()
-            graph.replay()
-            torch.cuda.synchronize()
-            assert torch.equal(captured, cute_moe.b12x_fused_moe(*args, **kw))
-            compare(captured, reference_b12x_fused_moe(*args, **kw).output, record_error)
+    check_graph_replay(run, out, refresh, lambda: cute_moe.b12x_fused_moe(*args, **kw),
+                       lambda: reference_b12x_fused_moe(*args, **kw).output, record_error)
 
 
 @pytest.mark.parametrize("mode", ["w4a16", "nvfp4"])

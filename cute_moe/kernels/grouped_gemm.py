@@ -348,48 +348,10 @@ class GroupedGemm:
         tXrB = thr_s2r_b.retile(tCrB)
         k_steps = cute.size(tCrA, mode=[2])
 
-        # ---- cp.async ring: stage ks (k-blocks ks*kps ..) goes to slot ks % ring
-        # (weights first: they do not depend on the previous kernel; group s then holds B(s) and
-        # every A issued before it, so waiting for group s still covers stage s)
-        for s in cutlass.range_constexpr(ring - 1):
-            if s < k_stages:
-                self.load_weights(s, s, kb_stride, a_src, a_dst, a_ok, s_src, s_dst, s_ok, sa_ptr, sq_ptr, ss_ptr)
-        if cutlass.const_expr(not self.is_fc1):
-            cute.arch.griddepcontrol_wait()
-        for s in cutlass.range_constexpr(ring - 1):
-            if s < k_stages:
-                self.load_b(g2s, vec, s, s, b_src, b_dst, b_ok, sb_ptr)
-            cute.arch.cp_async_commit_group()
-        read_stage = Int32(0)
-        write_stage = Int32(ring - 1)
-        for ks in cutlass.range(k_stages, unroll=1):
-            cute.arch.cp_async_wait_group(ring - 2)
-            cute.arch.sync_threads()
-            nxt = ks + ring - 1
-            if nxt < k_stages:
-                self.load_weights(nxt, write_stage, kb_stride, a_src, a_dst, a_ok, s_src, s_dst, s_ok, sa_ptr,
-                                  sq_ptr, ss_ptr)
-                self.load_b(g2s, vec, nxt, write_stage, b_src, b_dst, b_ok, sb_ptr)
-            cute.arch.cp_async_commit_group()
-            for sub in cutlass.range_constexpr(self.kps):
-                a_slot = read_stage
-                if cutlass.const_expr(self.packed):
-                    # int4: dequantize k-block `sub` of the stage into slot sub % a_slots; a warp
-                    # past this barrier has finished the MMAs that last read that slot (they ran
-                    # before its previous dequantization, or before the top barrier)
-                    a_slot = sub % self.a_slots
-                    self.dequantize(tidx, read_stage, sub, a_slot, sq_ptr, ss_ptr, sa_ptr)
-                    cute.arch.sync_threads()
-                for kk in cutlass.range_constexpr(k_steps):
-                    cute.copy(s2r_a, tXsA[None, None, kk, a_slot], tXrA[None, None, kk])
-                    cute.copy(s2r_b, tXsB[None, None, kk, read_stage * self.kps + sub], tXrB[None, None, kk])
-                    cute.gemm(tiled_mma, acc, tCrA[None, None, kk], tCrB[None, None, kk], acc)
-            write_stage = read_stage
-            read_stage = read_stage + 1
-            if read_stage == ring:
-                read_stage = Int32(0)
-        cute.arch.cp_async_wait_group(0)
-        cute.arch.sync_threads()
+        weights = (kb_stride, a_src, a_dst, a_ok, s_src, s_dst, s_ok, sa_ptr, sq_ptr, ss_ptr)
+        tokens = (g2s, vec, b_src, b_dst, b_ok, sb_ptr)
+        mma = (tidx, tiled_mma, acc, s2r_a, s2r_b, tXsA, tXrA, tXsB, tXrB, tCrA, tCrB, k_steps, sq_ptr, ss_ptr, sa_ptr)
+        self.k_loop(k_stages, weights, tokens, mma)
 
         # ---- accumulators -> sC[n, p] (float32, token-row major)
         sC = cute.make_tensor(sc_ptr, cute.make_layout((bm, bn), stride=(1, self.c_stride)))
@@ -398,11 +360,64 @@ class GroupedGemm:
             tCsC[i] = acc[i]
         cute.arch.sync_threads()
 
-        if cutlass.const_expr(self.is_fc1):
-            self.store_fc1(tidx, sc_ptr, expert, row0, nrows, mb, out_ptr, lora_ptr, p2e, alpha, beta, clamp,
-                           out_scale, m, n_out)
-        else:
-            self.store_fc2(tidx, sc_ptr, expert, row0, nrows, mb, out_ptr, out_scale, m, n_out)
+        self.store_tile(tidx, sc_ptr, expert, row0, nrows, mb, out_ptr, lora_ptr, p2e, alpha, beta, clamp, out_scale,
+                        m, n_out)
+
+    @cute.jit
+    def k_loop(self, k_stages: Int32, weights: tuple, tokens: tuple, mma: tuple):
+        """The cp.async ring over the item's ``k_stages`` stages: stage ``ks`` (k-blocks ``ks *
+        kps ..``) goes to slot ``ks % ring``, ``ring - 1`` stages ahead of the MMAs. Weights are
+        issued first (they do not depend on the previous kernel; group ``s`` then holds the token
+        rows of stage ``s`` and every weight copy issued before it, so waiting for group ``s``
+        still covers stage ``s``). The instantiation's ``load_tokens`` and ``mma_stage`` fill in
+        the token rows and the MMAs; ``weights``, ``tokens``, ``mma`` are their arguments."""
+        ring = self.ring
+        for s in cutlass.range_constexpr(ring - 1):
+            if s < k_stages:
+                self.load_weights(s, s, *weights)
+        if cutlass.const_expr(not self.is_fc1):
+            cute.arch.griddepcontrol_wait()
+        for s in cutlass.range_constexpr(ring - 1):
+            if s < k_stages:
+                self.load_tokens(s, s, *tokens)
+            cute.arch.cp_async_commit_group()
+        read_stage = Int32(0)
+        write_stage = Int32(ring - 1)
+        for ks in cutlass.range(k_stages, unroll=1):
+            cute.arch.cp_async_wait_group(ring - 2)
+            cute.arch.sync_threads()
+            nxt = ks + ring - 1
+            if nxt < k_stages:
+                self.load_weights(nxt, write_stage, *weights)
+                self.load_tokens(nxt, write_stage, *tokens)
+            cute.arch.cp_async_commit_group()
+            self.mma_stage(read_stage, *mma)
+            write_stage = read_stage
+            read_stage = read_stage + 1
+            if read_stage == ring:
+                read_stage = Int32(0)
+        cute.arch.cp_async_wait_group(0)
+        cute.arch.sync_threads()
+
+    @cute.jit
+    def mma_stage(self, stage: Int32, tidx: Int32, tiled_mma: cute.TiledMma, acc: cute.Tensor, s2r_a: cute.TiledCopy,
+                  s2r_b: cute.TiledCopy, tXsA: cute.Tensor, tXrA: cute.Tensor, tXsB: cute.Tensor, tXrB: cute.Tensor,
+                  tCrA: cute.Tensor, tCrB: cute.Tensor, k_steps: cutlass.Constexpr, sq_ptr: cute.Pointer,
+                  ss_ptr: cute.Pointer, sa_ptr: cute.Pointer):
+        """The MMAs of ring slot ``stage``: ldmatrix fragments, mma.sync, k-block by k-block."""
+        for sub in cutlass.range_constexpr(self.kps):
+            a_slot = stage
+            if cutlass.const_expr(self.packed):
+                # 4-bit: dequantize k-block `sub` of the stage into slot sub % a_slots; a warp past
+                # this barrier has finished the MMAs that last read that slot (they ran before its
+                # previous dequantization, or before the ring's top barrier)
+                a_slot = sub % self.a_slots
+                self.dequantize(tidx, stage, sub, a_slot, sq_ptr, ss_ptr, sa_ptr)
+                cute.arch.sync_threads()
+            for kk in cutlass.range_constexpr(k_steps):
+                cute.copy(s2r_a, tXsA[None, None, kk, a_slot], tXrA[None, None, kk])
+                cute.copy(s2r_b, tXsB[None, None, kk, stage * self.kps + sub], tXrB[None, None, kk])
+                cute.gemm(tiled_mma, acc, tCrA[None, None, kk], tCrB[None, None, kk], acc)
 
     @cute.jit
     def load_weights(self, kb: Int32, stage: Int32, kb_stride: Int64, a_src: list, a_dst: list, a_ok: list,
@@ -551,8 +566,8 @@ class GroupedGemm:
                 cute.autovec_copy(out, cute.make_tensor(dst, cute.make_layout(CHUNK // 2)))
 
     @cute.jit
-    def load_b(self, g2s: cute.CopyAtom, vec: cute.Layout, ks: Int32, stage: Int32, b_src: list, b_dst: list, b_ok,
-               sb_ptr: cute.Pointer):
+    def load_tokens(self, ks: Int32, stage: Int32, g2s: cute.CopyAtom, vec: cute.Layout, b_src: list, b_dst: list,
+                    b_ok, sb_ptr: cute.Pointer):
         """cp.async the ``kps`` k-blocks of stage ``ks`` of the tile's token rows into ring slot
         ``stage`` (k-block ``sub`` in sub-slot ``stage * kps + sub``)."""
         for sub in cutlass.range_constexpr(self.kps):
@@ -566,6 +581,17 @@ class GroupedGemm:
                 else:
                     cute.copy(g2s, cute.make_tensor(b_src[i] + b_kb, vec),
                               cute.make_tensor(sb_ptr + cute.assume(b_stage + b_dst[i], divby=CHUNK), vec))
+
+    @cute.jit
+    def store_tile(self, tidx: Int32, sc_ptr: cute.Pointer, expert: Int32, row0: Int32, nrows: Int32, block: Int32,
+                   out_ptr: cute.Pointer, lora_ptr: cute.Pointer, p2e: cute.Tensor, alpha: cute.Tensor,
+                   beta: cute.Tensor, clamp: cute.Tensor, out_scale: cute.Tensor, m: Int32, n_out: Int32):
+        """The epilogue of the staged tile ``sC`` (``epi_bm``-row block ``block``): FC1 or FC2."""
+        if cutlass.const_expr(self.is_fc1):
+            self.store_fc1(tidx, sc_ptr, expert, row0, nrows, block, out_ptr, lora_ptr, p2e, alpha, beta, clamp,
+                           out_scale, m, n_out)
+        else:
+            self.store_fc2(tidx, sc_ptr, expert, row0, nrows, block, out_ptr, out_scale, m, n_out)
 
     @cute.jit
     def store_fc1(self, tidx: Int32, sc_ptr: cute.Pointer, expert: Int32, row0: Int32, nrows: Int32, mb: Int32,

@@ -136,7 +136,7 @@ class BlockScaledGroupedGemm(GroupedGemm):
              n_out: Int32, top_k: Int32):
         """One (tile, m-block) work item: the block-scaled mainloop, then the template's epilogue.
         ``sa_ptr`` / ``sb_ptr``: the token scale / token rings (smem_pointers)."""
-        bm, bn, ring, kps = self.bm, self.bn, self.ring, self.kps
+        bn, kps = self.bn, self.kps
         expert = tile_info[tile, 0]
         row0 = tile_info[tile, 1]
         nrows = tile_info[tile, 2]
@@ -162,42 +162,15 @@ class BlockScaledGroupedGemm(GroupedGemm):
         ts_src = x_scales + cute.assume(Int64(row0 + tidx) * Int64(k // FP4_GROUP), divby=self.tok_scale_bytes)
         ts_ok = tidx < bn
 
-        # ---- cp.async ring: weights first (they do not depend on the previous kernel)
-        for s in cutlass.range_constexpr(ring - 1):
-            if s < k_stages:
-                self.load_weights(s, s, kb_stride, a_src, a_dst, a_ok, s_src, s_dst, s_ok, sa_ptr, sq_ptr, ss_ptr)
-        if cutlass.const_expr(not self.is_fc1):
-            cute.arch.griddepcontrol_wait()
-        for s in cutlass.range_constexpr(ring - 1):
-            if s < k_stages:
-                self.load_tokens(s, s, t_src, t_dst, t_ok, ts_src, ts_ok, sa_ptr, sb_ptr)
-            cute.arch.cp_async_commit_group()
-
         acc = cute.make_rmem_tensor((self.atoms_m, self.atoms_n, 4), Float32)
         acc.fill(0.0)
         warp = tidx // 32
         lane = tidx % 32
         wrow = (warp % self.tile.warps_m) * self.wm
         wcol = (warp // self.tile.warps_m) * self.wn
-        read_stage = Int32(0)
-        write_stage = Int32(ring - 1)
-        for ks in cutlass.range(k_stages, unroll=1):
-            cute.arch.cp_async_wait_group(ring - 2)
-            cute.arch.sync_threads()
-            nxt = ks + ring - 1
-            if nxt < k_stages:
-                self.load_weights(nxt, write_stage, kb_stride, a_src, a_dst, a_ok, s_src, s_dst, s_ok, sa_ptr,
-                                  sq_ptr, ss_ptr)
-                self.load_tokens(nxt, write_stage, t_src, t_dst, t_ok, ts_src, ts_ok, sa_ptr, sb_ptr)
-            cute.arch.cp_async_commit_group()
-            for sub in cutlass.range_constexpr(kps):
-                self.mma_k_block(acc, read_stage, sub, wrow, wcol, lane, sa_ptr, sb_ptr, sq_ptr, ss_ptr)
-            write_stage = read_stage
-            read_stage = read_stage + 1
-            if read_stage == ring:
-                read_stage = Int32(0)
-        cute.arch.cp_async_wait_group(0)
-        cute.arch.sync_threads()
+        weights = (kb_stride, a_src, a_dst, a_ok, s_src, s_dst, s_ok, sa_ptr, sq_ptr, ss_ptr)
+        tokens = (t_src, t_dst, t_ok, ts_src, ts_ok, sa_ptr, sb_ptr)
+        self.k_loop(k_stages, weights, tokens, (acc, wrow, wcol, lane, sa_ptr, sb_ptr, sq_ptr, ss_ptr))
 
         # ---- accumulators -> sC[n, p] (float32, token-row major), then the template's stores
         sC = cute.make_tensor(sc_ptr, cute.make_layout(bn * self.c_stride))
@@ -207,11 +180,8 @@ class BlockScaledGroupedGemm(GroupedGemm):
                     p, n = c_fragment(lane, reg)
                     sC[(wcol + ni * MMA_N + n) * self.c_stride + wrow + mi * MMA_M + p] = acc[mi, ni, reg]
         cute.arch.sync_threads()
-        if cutlass.const_expr(self.is_fc1):
-            self.store_fc1(tidx, sc_ptr, expert, row0, nrows, mb, out_ptr, lora_ptr, p2e, alpha, beta, clamp,
-                           out_scale, m, n_out)
-        else:
-            self.store_fc2(tidx, sc_ptr, expert, row0, nrows, mb, out_ptr, out_scale, m, n_out)
+        self.store_tile(tidx, sc_ptr, expert, row0, nrows, mb, out_ptr, lora_ptr, p2e, alpha, beta, clamp, out_scale,
+                        m, n_out)
 
     @cute.jit
     def load_tokens(self, ks: Int32, stage: Int32, t_src: list, t_dst: list, t_ok: list, ts_src: cute.Pointer,
@@ -237,6 +207,13 @@ class BlockScaledGroupedGemm(GroupedGemm):
                                         divby=self.tok_scale_bytes)
             src = ts_src + cute.assume(Int64(kb0 * SCALE_WORD), divby=self.tok_scale_bytes)
             cute.copy(g2s_sf, cute.make_tensor(src, piece), cute.make_tensor(dst, piece))
+
+    @cute.jit
+    def mma_stage(self, stage: Int32, acc: cute.Tensor, wrow: Int32, wcol: Int32, lane: Int32, sts_ptr: cute.Pointer,
+                  st_ptr: cute.Pointer, sq_ptr: cute.Pointer, ss_ptr: cute.Pointer):
+        """The block-scaled MMAs of ring slot ``stage``, k-block by k-block."""
+        for sub in cutlass.range_constexpr(self.kps):
+            self.mma_k_block(acc, stage, sub, wrow, wcol, lane, sts_ptr, st_ptr, sq_ptr, ss_ptr)
 
     @cute.jit
     def mma_k_block(self, acc: cute.Tensor, stage: Int32, sub: cutlass.Constexpr, wrow: Int32, wcol: Int32,

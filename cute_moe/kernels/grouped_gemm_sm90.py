@@ -280,11 +280,8 @@ class WgmmaGroupedGemm(GroupedGemm):
                         self.stage_rep(acc, tCsC, h * self.reps_per_pass + j)
                 epilogue_sync.arrive_and_wait()
                 block = mb * self.passes + h
-                if cutlass.const_expr(self.is_fc1):
-                    self.store_fc1(tidx, sc_ptr, expert, row0, nrows, block, out_ptr, lora_ptr, p2e, alpha, beta,
-                                   clamp, out_scale, m, n_out)
-                else:
-                    self.store_fc2(tidx, sc_ptr, expert, row0, nrows, block, out_ptr, out_scale, m, n_out)
+                self.store_tile(tidx, sc_ptr, expert, row0, nrows, block, out_ptr, lora_ptr, p2e, alpha, beta, clamp,
+                                out_scale, m, n_out)
 
     @cute.jit
     def stage_rep(self, acc: cute.Tensor, tCsC: cute.Tensor, rep: cutlass.Constexpr):
