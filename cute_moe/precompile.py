@@ -54,7 +54,9 @@ def model_kernels(*, hidden_size: int, intermediate_size: int, num_experts: int,
     """The kernels of fused calls at each token count: routing from float32 and bf16 logits
     (with a bf16 and a float32 bias where the method reads one), unpacking of packed routing, the
     plan, FC1 and FC2 of each selected config, and the combine for bf16 and float32 weights.
-    ``swiglu_params``: the layer passes gemm1 alpha / beta / clamp (GPT-OSS)."""
+    ``swiglu_params``: the layer passes gemm1 alpha / beta / clamp (GPT-OSS). ``weights="nvfp4"``
+    (``b12x_fused_moe``, which takes precomputed routing): no routing kernels; FC1 / FC2 of both
+    quant modes (w4a16, nvfp4) and the NVFP4 activation quantizers."""
     from . import gemm
     from .kernels.topk_pack import unpack_kernel
     from .plan import PlanShape
@@ -70,11 +72,20 @@ def model_kernels(*, hidden_size: int, intermediate_size: int, num_experts: int,
 
     biases = (torch.bfloat16, torch.float32) if method in (RoutingMethodType.DeepSeekV3,
                                                            RoutingMethodType.MiniMax2) else (None,)
-    for logits in (torch.float32, torch.bfloat16):
-        for bias in biases:
-            spec = RouteSpec.of(method, num_experts, top_k, logits, bias, n_group, topk_group, True, False)
-            add(f"route {method.name} logits {str(logits)[6:]}", ("route", spec), spec.kernel)
-    add("unpack routing", ("unpack",), unpack_kernel)
+    fp4 = weights == "nvfp4"
+    if not fp4:
+        for logits in (torch.float32, torch.bfloat16):
+            for bias in biases:
+                spec = RouteSpec.of(method, num_experts, top_k, logits, bias, n_group, topk_group, True, False)
+                add(f"route {method.name} logits {str(logits)[6:]}", ("route", spec), spec.kernel)
+        add("unpack routing", ("unpack",), unpack_kernel)
+    else:
+        from .activation_quant import quantize_kernel
+
+        packed = arch == "sm_120a"  # SM120 keeps the quantized rows packed for its block-scaled MMA
+        for gather in (True, False):
+            add(f"nvfp4 quantize {'x rows' if gather else 'activation'}", ("nvfp4_quantize_rows", gather, packed),
+                lambda a, g=gather: quantize_kernel(a, g, packed))
     for f32 in (False, True):
         add(f"combine top_k={top_k}{' f32 weights' if f32 else ''}", ("combine", f32),
             lambda a, f=f32: combine_kernel(a, top_k, f))
@@ -89,12 +100,22 @@ def model_kernels(*, hidden_size: int, intermediate_size: int, num_experts: int,
             single = plan_is_single_cta(PlanShape(t, top_k, local, config.tile_rows))
             for part in ("single_cta",) if single else ("count", "scan", "scatter"):
                 add(f"plan {part}", ("plan", part), lambda a, n=part: plan_kernel(a, n))
-            fc1 = gemm.fc1_kernel_key(config.fc1, config.variant, act, False, swiglu_params, swiglu_params,
-                                      swiglu_params, weights)
-            fc2 = gemm.fc2_kernel_key(config.fc2, config.variant, weights)
-            for op, key in (("FC1", fc1), ("FC2", fc2)):
-                add(f"{op} {config.variant} {getattr(config, op.lower()).tag} {weights}", key,
-                    lambda a, k=key: gemm.gemm_kernel(k, a))
+            if fp4:  # w4a16 (gathered bf16 rows), nvfp4 (quantized rows: bf16 values, or packed on SM120)
+                quantized = "fp4" if arch == "sm_120a" else "permuted"
+                keys = [(f"{op} {config.variant} {getattr(config, op.lower()).tag} nvfp4 {mode}", key)
+                        for mode, rows1, rows2 in (("w4a16", "gathered", "permuted"), ("nvfp4", quantized, quantized))
+                        for op, key in (("FC1", gemm.fc1_kernel_key(config.fc1, config.variant, act,
+                                                                    weight_kind=weights, has_out_scale=True,
+                                                                    token_rows=rows1)),
+                                        ("FC2", gemm.fc2_kernel_key(config.fc2, config.variant, weights,
+                                                                    has_out_scale=True, token_rows=rows2)))]
+            else:
+                keys = [(f"{op} {config.variant} {getattr(config, op.lower()).tag} {weights}", key) for op, key in (
+                    ("FC1", gemm.fc1_kernel_key(config.fc1, config.variant, act, False, swiglu_params, swiglu_params,
+                                                swiglu_params, weights)),
+                    ("FC2", gemm.fc2_kernel_key(config.fc2, config.variant, weights)))]
+            for name, key in keys:
+                add(name, key, lambda a, k=key: gemm.gemm_kernel(k, a))
     return list(jobs.values())
 
 

@@ -137,10 +137,28 @@ def test_warmup_cli_needs_a_shape():
     assert done.returncode != 0 and "--intermediate" in done.stderr
 
 
+def test_nvfp4_warmup_lists_both_b12x_modes_per_arch():
+    """b12x takes precomputed routing: no routing kernels; FC1 / FC2 of w4a16 (gathered bf16 rows)
+    and of nvfp4 (quantized rows: bf16 values, or packed for SM120's block-scaled MMA), and the
+    two activation quantizers."""
+    from cute_moe.precompile import model_kernels
+
+    shape = dict(hidden_size=2048, intermediate_size=768, num_experts=128, top_k=8, weights="nvfp4", tokens=(1, 4096))
+    for arch, quantized, packed in (("sm_90a", "permuted", False), ("sm_120a", "fp4", True)):
+        keys = [job.key for job in model_kernels(arch=arch, **shape)]
+        assert not any(k[0] in ("route", "unpack") for k in keys)
+        assert ("nvfp4_quantize_rows", True, packed) in keys and ("nvfp4_quantize_rows", False, packed) in keys
+        gemms = [k for k in keys if k[0] == "grouped_gemm"]
+        assert {(k[1], k[10]) for k in gemms} == {("fc1", "gathered"), ("fc2", "permuted"), ("fc1", quantized),
+                                                  ("fc2", quantized)}
+        assert all(k[-1] == "nvfp4" and k[9] for k in gemms)  # FP4 weights, per-expert output scales
+        assert {k[3] for k in gemms} == {"m_fastest", "persistent"}  # micro at T=1, dynamic at T=4096
+
+
 def test_dir_lists_the_public_names():
     import cute_moe
 
     names = dir(cute_moe)
-    for name in ("trtllm_bf16_moe", "trtllm_mxint4_block_scale_routed_moe", "route", "warmup",
+    for name in ("trtllm_bf16_moe", "trtllm_mxint4_block_scale_routed_moe", "b12x_fused_moe", "route", "warmup",
                  "prepare_bf16_moe_weights", "RoutingMethodType"):
         assert name in names

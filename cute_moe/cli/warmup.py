@@ -23,7 +23,8 @@ def _parse_args(argv):
     p.add_argument("--experts", type=int, help="number of experts")
     p.add_argument("--local-experts", type=int, help="experts on this device (expert parallelism)")
     p.add_argument("--top-k", type=int, help="experts per token")
-    p.add_argument("--weights", choices=("bf16", "mxint4"), help="weight format (default: the preset's, or bf16)")
+    p.add_argument("--weights", choices=("bf16", "mxint4", "nvfp4"),
+                   help="weight format (default: the preset's, or bf16); nvfp4: the b12x_fused_moe kernels")
     p.add_argument("--tokens", type=lambda s: [int(x) for x in s.split(",")], default=list(DEFAULT_TOKENS),
                    help="comma-separated token counts the model will see (default %(default)s)")
     p.add_argument("--variants", action="store_true", help="also every forced GEMM variant (micro, static, dynamic; wgmma on sm_90a)")
