@@ -9,6 +9,8 @@
 # eager: host and wall time of eager calls next to graph replay; first-call: a fresh process's
 # first call with a cold, then a warm kernel cache; sanitize: compute-sanitizer memcheck and
 # racecheck on small calls of every kernel family (tools/sanitize_cases.py).
+# The tree copied to the GPU machine and .devbundle/ share 64 MiB: tools/device_slim.sh on|off
+# keeps docs and CPU-only tests out of the copy around the runs.
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 what=${1:-all}; filter=${2:-}
