@@ -24,37 +24,44 @@ from .int4_convert import _pair_selector, _pure_asm
 
 BF16X2_2_POW_120 = 0x7B807B80
 BF16X2_2_POW_126 = 0x7E807E80
-BF16X2_NEG_ZERO = -0x7FFF8000  # 0x80008000 as an int32
+
+
+def scale_pair_ptx(j: int) -> str:
+    """PTX of ``scale_pair`` (``$0`` the result, ``$1`` the word)."""
+    return ("{\n.reg .b32 b, t, h, m, nz;\n"
+            f"bfe.u32 b, $1, {8 * j}, 8;\n"
+            "and.b32 t, b, 0x7F;\n"
+            "shl.b32 t, t, 4;\n"
+            "and.b32 h, b, 0x80;\n"
+            "shl.b32 h, h, 8;\n"
+            "or.b32 t, t, h;\n"
+            "prmt.b32 t, t, t, 0x1010;\n"
+            f"mov.b32 m, {BF16X2_2_POW_120:#x};\n"
+            "mov.b32 nz, 0x80008000;\n"
+            "fma.rn.bf16x2 $0, t, m, nz;\n}")
 
 
 def scale_pair(four: Int32, j: cutlass.Constexpr) -> Int32:
     """bf16x2 ``(s, s)`` of ue4m3 byte ``j`` of the 32-bit word ``four``."""
-    ptx = ("{\n.reg .b32 b, t, h, m, nz;\n"
-           f"bfe.u32 b, $1, {8 * j}, 8;\n"
-           "and.b32 t, b, 0x7F;\n"
-           "shl.b32 t, t, 4;\n"
-           "and.b32 h, b, 0x80;\n"
-           "shl.b32 h, h, 8;\n"
-           "or.b32 t, t, h;\n"
-           "prmt.b32 t, t, t, 0x1010;\n"
-           f"mov.b32 m, {BF16X2_2_POW_120:#x};\n"
-           "mov.b32 nz, 0x80008000;\n"
-           "fma.rn.bf16x2 $0, t, m, nz;\n}")
-    return _pure_asm(ptx, "=r,r", [four])
+    return _pure_asm(scale_pair_ptx(j), "=r,r", [four])
+
+
+def scaled_pair_ptx(j: int) -> str:
+    """PTX of ``scaled_pair`` (``$0`` the result, ``$1 .. $3`` word, hi, scale2)."""
+    return ("{\n.reg .b32 t, a, b, m, nz;\n"
+            f"prmt.b32 t, $1, $2, {_pair_selector(j):#x};\n"
+            "and.b32 a, t, 0x00070007;\n"
+            "shl.b32 a, a, 6;\n"
+            "and.b32 b, t, 0x00080008;\n"
+            "shl.b32 b, b, 12;\n"
+            "or.b32 t, a, b;\n"
+            f"mov.b32 m, {BF16X2_2_POW_126:#x};\n"
+            "mov.b32 nz, 0x80008000;\n"
+            "fma.rn.bf16x2 t, t, m, nz;\n"
+            "fma.rn.bf16x2 $0, t, $3, nz;\n}")
 
 
 def scaled_pair(word: Int32, hi: Int32, scale2: Int32, j: cutlass.Constexpr) -> Int32:
     """bf16x2 ``(v_2j * s, v_2j+1 * s)`` of the e2m1 nibbles of byte ``j`` of ``word`` (low nibble
     first), ``hi = word >> 4``, ``scale2 = (s, s)``."""
-    ptx = ("{\n.reg .b32 t, a, b, m, nz;\n"
-           f"prmt.b32 t, $1, $2, {_pair_selector(j):#x};\n"
-           "and.b32 a, t, 0x00070007;\n"
-           "shl.b32 a, a, 6;\n"
-           "and.b32 b, t, 0x00080008;\n"
-           "shl.b32 b, b, 12;\n"
-           "or.b32 t, a, b;\n"
-           f"mov.b32 m, {BF16X2_2_POW_126:#x};\n"
-           "mov.b32 nz, 0x80008000;\n"
-           "fma.rn.bf16x2 t, t, m, nz;\n"
-           "fma.rn.bf16x2 $0, t, $3, nz;\n}")
-    return _pure_asm(ptx, "=r,r,r,r", [word, hi, scale2])
+    return _pure_asm(scaled_pair_ptx(j), "=r,r,r,r", [word, hi, scale2])

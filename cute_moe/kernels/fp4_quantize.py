@@ -46,14 +46,20 @@ def _f32_asm(ptx: str, constraints: str, args) -> Float32:
                                    has_side_effects=False, is_align_stack=False))
 
 
+UE4M3_ROUND_PTX = ("{\n.reg .b16 q, lo, hi;\n.reg .b32 h;\n"
+                   "cvt.rn.satfinite.e4m3x2.f32 q, $1, $1;\n"
+                   "cvt.rn.f16x2.e4m3x2 h, q;\n"
+                   "mov.b32 {lo, hi}, h;\n"
+                   "cvt.f32.f16 $0, lo;\n}")
+UE4M3_BITS_PTX = ("{\n.reg .b16 q;\n"
+                  "cvt.rn.satfinite.e4m3x2.f32 q, $1, $1;\n"
+                  "cvt.u32.u16 $0, q;\n"
+                  "and.b32 $0, $0, 0xFF;\n}")
+
+
 def ue4m3_round(x: Float32) -> Float32:
     """``float(ue4m3(x))`` for ``0 <= x <= 448``: round to nearest even (subnormals included)."""
-    ptx = ("{\n.reg .b16 q, lo, hi;\n.reg .b32 h;\n"
-           "cvt.rn.satfinite.e4m3x2.f32 q, $1, $1;\n"
-           "cvt.rn.f16x2.e4m3x2 h, q;\n"
-           "mov.b32 {lo, hi}, h;\n"
-           "cvt.f32.f16 $0, lo;\n}")
-    return _f32_asm(ptx, "=f,f", [x])
+    return _f32_asm(UE4M3_ROUND_PTX, "=f,f", [x])
 
 
 # e2m1 rounding of a = |v| / denom as a sum of steps: (boundary, comparison, step). Ties go to the
@@ -94,11 +100,7 @@ def e2m1_code(v: Float32, denom: Float32) -> Int32:
 
 def ue4m3_bits(x: Float32) -> Int32:
     """The ue4m3 byte of ``ue4m3_round(x)``."""
-    ptx = ("{\n.reg .b16 q;\n"
-           "cvt.rn.satfinite.e4m3x2.f32 q, $1, $1;\n"
-           "cvt.u32.u16 $0, q;\n"
-           "and.b32 $0, $0, 0xFF;\n}")
-    return Int32(llvm.inline_asm(T.i32(), [Float32(x).ir_value()], ptx, "=r,f", has_side_effects=False,
+    return Int32(llvm.inline_asm(T.i32(), [Float32(x).ir_value()], UE4M3_BITS_PTX, "=r,f", has_side_effects=False,
                                  is_align_stack=False))
 
 

@@ -35,18 +35,22 @@ def _pair_selector(j: int) -> int:
     return j | (j << 4) | ((4 + j) << 8) | ((4 + j) << 12)
 
 
+def scaled_pair_ptx(j: int) -> str:
+    """PTX of ``scaled_pair`` (``$0`` the result, ``$1 .. $3`` w, hi, scale2)."""
+    return ("{\n.reg .b32 t, one, bias, nz;\n"
+            f"prmt.b32 t, $1, $2, {_pair_selector(j):#x};\n"
+            "lop3.b32 t, t, 0x000F000F, 0x43004300, 0xEA;\n"
+            "mov.b32 one, 0x3F803F80;\n"
+            "mov.b32 bias, 0xC308C308;\n"
+            "mov.b32 nz, 0x80008000;\n"
+            "fma.rn.bf16x2 t, t, one, bias;\n"
+            "fma.rn.bf16x2 $0, t, $3, nz;\n}")
+
+
 def scaled_pair(w: Int32, hi: Int32, scale2: Int32, j: cutlass.Constexpr) -> Int32:
     """bf16x2 ``(q_2j * s, q_2j+1 * s)`` from ``w = word ^ 0x88888888``, ``hi = w >> 4`` and the
     bf16 scale pair ``scale2 = (s, s)``."""
-    ptx = ("{\n.reg .b32 t, one, bias, nz;\n"
-           f"prmt.b32 t, $1, $2, {_pair_selector(j):#x};\n"
-           "lop3.b32 t, t, 0x000F000F, 0x43004300, 0xEA;\n"
-           "mov.b32 one, 0x3F803F80;\n"
-           "mov.b32 bias, 0xC308C308;\n"
-           "mov.b32 nz, 0x80008000;\n"
-           "fma.rn.bf16x2 t, t, one, bias;\n"
-           "fma.rn.bf16x2 $0, t, $3, nz;\n}")
-    return _pure_asm(ptx, "=r,r,r,r", [w, hi, scale2])
+    return _pure_asm(scaled_pair_ptx(j), "=r,r,r,r", [w, hi, scale2])
 
 
 def scale_pair(two_scales: Int32, which: Int32) -> Int32:
