@@ -27,7 +27,7 @@ import torch
 
 from . import validate
 from .enums import ActivationType, RoutingInputMode
-from .ops import call_fused_moe
+from .ops import call_fused_moe, traced
 from .pipeline import ExpertWeights, MoeCall
 
 __all__ = ["b12x_fused_moe"]
@@ -42,12 +42,6 @@ def _meta(t):
 
 def _per_expert(v: torch.Tensor, local: int) -> torch.Tensor:
     return v if v.shape[0] == local else v.expand(local).contiguous()
-
-
-def _traced(x) -> bool:
-    """torch.compile / export / fake tensors: the data-pointer checks cannot run; the custom op
-    checks the tensors when it runs (validate.validate_moe_call)."""
-    return torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0 or type(x) is not torch.Tensor
 
 
 def _traced_call(x, w2_weight, num_experts, top_k, num_local_experts, local_expert_offset, fc2_input_scale,
@@ -110,7 +104,7 @@ def b12x_fused_moe(x: torch.Tensor, w1_weight: torch.Tensor, w1_weight_sf: torch
     float32 / bf16 ``[T, top_k]``; ``w1_alpha``, ``w2_alpha`` float32 ``[L]``;
     ``fc2_input_scale`` / ``input_global_scale`` float32 ``[L]`` or ``[1]`` (nvfp4 only; the first
     required). H and I must be multiples of 128. ``gemm_variant`` forces micro / static / dynamic."""
-    if _traced(x):
+    if traced(x):  # data pointers cannot be read: the custom op checks the tensors when it runs
         call = _traced_call(x, w2_weight, num_experts, top_k, num_local_experts, local_expert_offset,
                             fc2_input_scale, input_global_scale, output_dtype, activation, activation_precision,
                             quant_mode, source_format)

@@ -111,16 +111,17 @@ def _fused_moe_fake(routing_input_mode, hidden_states, weight_kind, gemm1, gemm1
     return new((rows, h), dtype=torch.bfloat16), new((t, top_k), dtype=weights_dtype), perm, act
 
 
-def _traced(call: MoeCall) -> bool:
-    """True while torch.compile / export / a tracing mode is looking at the call: only then does
-    the call need the custom op (eager calls skip its dispatch, tens of microseconds)."""
+def traced(hidden_states) -> bool:
+    """True while torch.compile / export / a tracing mode is looking at a call on
+    ``hidden_states``: only then does the call need the custom op (eager calls skip its
+    dispatch, tens of microseconds) and only then can data pointers not be read."""
     return (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
-            or type(call.hidden_states) is not torch.Tensor)
+            or type(hidden_states) is not torch.Tensor)
 
 
 def call_fused_moe(call: MoeCall) -> List[torch.Tensor]:
     """Run ``call`` (through the custom op when traced) and return FlashInfer's list."""
-    if not _traced(call):
+    if not traced(call.hidden_states):
         return run_moe(call)
     dev = call.hidden_states.device
     output = call.output

@@ -34,14 +34,8 @@ def test_torch_compile_traces_the_whole_call_into_one_graph():
 def test_eager_calls_skip_the_op_and_traced_calls_take_it():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from cute_moe.ops import _traced
-    from cute_moe.pipeline import ExpertWeights, MoeCall
+    from cute_moe.ops import traced
 
-    def call(x):
-        return MoeCall(mode=0, hidden_states=x, weights=ExpertWeights.bf16(x, x), num_experts=4, top_k=2,
-                       n_group=None, topk_group=None, intermediate_size=128, local_expert_offset=0,
-                       local_num_experts=4)
-
-    assert not _traced(call(torch.zeros(2, 256, dtype=torch.bfloat16)))
+    assert not traced(torch.zeros(2, 256, dtype=torch.bfloat16))
     with FakeTensorMode():
-        assert _traced(call(torch.zeros(2, 256, dtype=torch.bfloat16)))
+        assert traced(torch.zeros(2, 256, dtype=torch.bfloat16))
