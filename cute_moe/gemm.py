@@ -84,10 +84,10 @@ def _build(key: Tuple):
 
     def build():
         if rows == "fp4":
-            from .kernels.grouped_gemm_sm120 import BlockScaledGroupedGemm, block_scaled_example_args
+            from .kernels.grouped_gemm_sm120 import BlockScaledGroupedGemm
 
             return (BlockScaledGroupedGemm(op, tile, schedule, activation=act, has_out_scale=out_scale),
-                    block_scaled_example_args())
+                    example_args(kind, packed_tokens=True))
         template = WgmmaGroupedGemm if tile.mma == "wgmma" else GroupedGemm
         return (template(op, tile, schedule, activation=act, has_lora=lora, has_alpha=alpha, has_beta=beta,
                          has_clamp=clamp, weight_format=kind, has_out_scale=out_scale,

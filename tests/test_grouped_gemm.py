@@ -635,13 +635,13 @@ def test_block_scaled_fp4_compiles_for_sm120(tile, schedule):
     the PTX, no local memory, no stack."""
     import cutlass.cute as cute
 
-    from cute_moe.kernels.grouped_gemm_sm120 import BlockScaledGroupedGemm, block_scaled_example_args
+    from cute_moe.kernels.grouped_gemm_sm120 import BlockScaledGroupedGemm
 
     for op, act in (("fc1", SWIGLU), ("fc1", RELU2), ("fc2", SWIGLU)):
         if act == RELU2 and tile.bm != 64:
             continue
         kernel = BlockScaledGroupedGemm(op, tile, schedule, activation=act)
-        compiled = cute.compile(kernel, *block_scaled_example_args(),
+        compiled = cute.compile(kernel, *example_args("nvfp4", packed_tokens=True),
                                 options=f"--gpu-arch sm_120a --keep-ptx --keep-cubin --dump-dir {runtime._dump_dir()}")
         ptx = compiled.artifacts.PTX
         for needle in BLOCK_SCALED_PTX:

@@ -150,6 +150,7 @@ class QuantizeRows:
             g = gs[e]
             g6 = g * E2M1_MAX
             vec = cute.make_layout(BLOCK)
+            scales = dst_ptr + cutlass.Int64(max_rows) * cutlass.Int64(k // 2)  # packed: after all P rows' codes
             for n in cutlass.range(nrows, unroll=1):
                 r = row0 + n
                 src_row = r
@@ -163,7 +164,8 @@ class QuantizeRows:
                 amax = Float32(0.0)
                 for i in cutlass.range_constexpr(BLOCK):
                     amax = cute.arch.fmax(amax, abs_f32(v[i]))
-                sf = ue4m3_round(cute.arch.fmin(amax / g6, Float32(UE4M3_MAX)))
+                sf_wanted = cute.arch.fmin(amax / g6, Float32(UE4M3_MAX))
+                sf = ue4m3_round(sf_wanted)
                 denom = sf * g
                 if cutlass.const_expr(self.packed):
                     words = cute.make_rmem_tensor(2, Int32)
@@ -175,9 +177,8 @@ class QuantizeRows:
                     dst = dst_ptr + cute.assume(cutlass.Int64(r) * cutlass.Int64(k // 2) + cutlass.Int64(b * 8),
                                                 divby=8)
                     cute.autovec_copy(words, cute.make_tensor(cute.recast_ptr(dst, dtype=Int32), cute.make_layout(2)))
-                    scales = dst_ptr + cutlass.Int64(max_rows) * cutlass.Int64(k // 2)
                     scales[cutlass.Int64(r) * cutlass.Int64(k // BLOCK) + cutlass.Int64(b)] = \
-                        cutlass.Uint8(ue4m3_bits(cute.arch.fmin(amax / g6, Float32(UE4M3_MAX))))
+                        cutlass.Uint8(ue4m3_bits(sf_wanted))
                 else:
                     q = cute.make_rmem_tensor(BLOCK, Float32)
                     for i in cutlass.range_constexpr(BLOCK):

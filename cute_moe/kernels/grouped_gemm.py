@@ -699,13 +699,16 @@ class GroupedGemm:
 # --------------------------------------------------------------------------- compile-time examples
 
 
-def example_args(weight_format: str = "bf16"):
-    """Arguments that compile a ``GroupedGemm`` without a GPU (pointers never dereferenced)."""
+def example_args(weight_format: str = "bf16", packed_tokens: bool = False):
+    """Arguments that compile a ``GroupedGemm`` (``packed_tokens``: its SM120 block-scaled
+    instantiation, whose token rows are packed NVFP4 bytes) without a GPU (pointers never
+    dereferenced)."""
     bf16 = lambda: runtime.fake_ptr(torch.bfloat16, 16)  # noqa: E731
     i32 = lambda: runtime.fake_ptr(torch.int32, 16)  # noqa: E731
     f32 = lambda: runtime.fake_ptr(torch.float32, 4)  # noqa: E731
     weights = bf16() if weight_format == "bf16" else runtime.fake_ptr(torch.uint8, 16)
     scales = {"bf16": bf16, "mxint4": lambda: runtime.fake_ptr(torch.bfloat16, INT4_SCALE_ALIGN),
               "nvfp4": lambda: runtime.fake_ptr(torch.uint8, FP4_SCALE_ALIGN)}[weight_format]()
-    return (weights, scales, bf16(), i32(), i32(), i32(), bf16(), bf16(), f32(), f32(), f32(), f32(),
+    tokens = runtime.fake_ptr(torch.uint8, 16) if packed_tokens else bf16()
+    return (weights, scales, tokens, i32(), i32(), i32(), bf16(), bf16(), f32(), f32(), f32(), f32(),
             256, 256, 128, 1, 1, 1, 1, 0, runtime.fake_stream())

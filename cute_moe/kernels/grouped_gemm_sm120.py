@@ -31,8 +31,6 @@ run it yet.
 
 from __future__ import annotations
 
-import torch
-
 import cutlass
 import cutlass.cute as cute
 from cutlass import Float32, Int32, Int64, Uint8
@@ -40,8 +38,7 @@ from cutlass._mlir.dialects import llvm
 from cutlass.cutlass_dsl import T
 
 from ..enums import ActivationType
-from . import runtime
-from .gemm_config import BK, FP4_GROUP, FP4_SCALE_ALIGN, INT4_ROW_BYTES, MMA_M, MMA_N, TileConfig, c_row_stride
+from .gemm_config import BK, FP4_GROUP, INT4_ROW_BYTES, MMA_M, MMA_N, TileConfig
 from .grouped_gemm import GroupedGemm
 
 FP4_MMA_K = 64  # values per m16n8k64 atom: one k-block
@@ -251,12 +248,3 @@ class BlockScaledGroupedGemm(GroupedGemm):
                 for i in cutlass.range_constexpr(4):
                     acc[mi, ni, i] = d[i]
 
-
-def block_scaled_example_args():
-    """Arguments that compile a ``BlockScaledGroupedGemm`` without a GPU."""
-    bf16 = lambda: runtime.fake_ptr(torch.bfloat16, 16)  # noqa: E731
-    i32 = lambda: runtime.fake_ptr(torch.int32, 16)  # noqa: E731
-    f32 = lambda: runtime.fake_ptr(torch.float32, 4)  # noqa: E731
-    return (runtime.fake_ptr(torch.uint8, 16), runtime.fake_ptr(torch.uint8, FP4_SCALE_ALIGN),
-            runtime.fake_ptr(torch.uint8, 16), i32(), i32(), i32(), bf16(), bf16(), f32(), f32(), f32(), f32(),
-            256, 256, 128, 1, 1, 1, 1, 0, runtime.fake_stream())
