@@ -56,6 +56,19 @@ def _weight_kind(kind: str) -> str:
 TOKEN_ROWS = ("gathered", "permuted", "fp4")
 
 
+BLOCK_SCALED_ARCH = "sm_120a"  # the arch whose block-scaled MMA multiplies NVFP4 x NVFP4
+
+
+def token_rows_of(arch: str, quantized_inputs: bool) -> Tuple[str, str]:
+    """(FC1, FC2) token rows of a fused call: the gathered bf16 rows and FC1's bf16 activation;
+    with NVFP4-quantized inputs, plan-order rows holding the quantized values (bf16 ``q * sf``),
+    packed for the block-scaled MMA on BLOCK_SCALED_ARCH."""
+    if not quantized_inputs:
+        return "gathered", "permuted"
+    rows = "fp4" if arch == BLOCK_SCALED_ARCH else "permuted"
+    return rows, rows
+
+
 def _token_rows(rows: str) -> str:
     if rows not in TOKEN_ROWS:
         raise ValueError(f"token_rows: expected one of {TOKEN_ROWS}, got {rows!r}")
@@ -240,7 +253,7 @@ def gemm_kernel(key: Tuple, arch: str):
     tile, rows, kind = key[2], key[-2], key[-1]
     if tile.mma == "wgmma" and (arch != "sm_90a" or kind != "bf16"):
         raise ValueError(f"the wgmma grouped GEMM runs bf16 weights on sm_90a, got {kind} weights on {arch}")
-    if rows == "fp4" and (arch != "sm_120a" or kind != "nvfp4" or tile.mma != "warp"):
+    if rows == "fp4" and (arch != BLOCK_SCALED_ARCH or kind != "nvfp4" or tile.mma != "warp"):
         raise ValueError(f"the block-scaled FP4 grouped GEMM runs NVFP4 weights on sm_120a, got {kind} weights on "
                          f"{arch}")
     return runtime.KERNELS.get(key, arch, _build(key))

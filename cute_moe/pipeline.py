@@ -205,7 +205,7 @@ class CallRecipe:
 
     @classmethod
     def of(cls, call: MoeCall) -> "CallRecipe":
-        from .gemm import _num_ctas, fc1_kernel_key, fc2_kernel_key, gemm_kernel
+        from .gemm import _num_ctas, fc1_kernel_key, fc2_kernel_key, gemm_kernel, token_rows_of
         from .kernels.topk_pack import unpack_kernel
         from .routing import RouteSpec, combine_kernel, plan_is_single_cta, plan_kernels, plan_workspace_ints
         from .select import select_config
@@ -232,7 +232,8 @@ class CallRecipe:
         own_routing = call.mode != RoutingInputMode.UnpackedPrecomputed
         # SM120 multiplies NVFP4 weights by NVFP4 activations on its block-scaled MMA; other arches
         # dequantize both to bf16 (the same products, exactly)
-        block_scaled = arch == "sm_120a" and call.weights.quantizes_inputs
+        fc1_rows, fc2_rows = token_rows_of(arch, call.weights.quantizes_inputs)
+        block_scaled = fc1_rows == "fp4"
         layout = WorkspaceLayout.of({
             "topk_ids": (4 * pairs, own_routing),
             "topk_weights": (2 * pairs, own_routing and finalize),
@@ -252,13 +253,11 @@ class CallRecipe:
         kind = call.weights.kind
         out_scale = call.weights.gemm1_out_scale is not None
         quantize = None
-        fc1_rows, fc2_rows = "gathered", "permuted"
         if call.weights.quantizes_inputs:
             from .activation_quant import quantize_kernel
 
             quantize = (quantize_kernel(arch, gather=True, packed=block_scaled),
                         quantize_kernel(arch, gather=False, packed=block_scaled))
-            fc1_rows, fc2_rows = ("fp4", "fp4") if block_scaled else ("permuted", "permuted")
         fc1 = gemm_kernel(fc1_kernel_key(config.fc1, config.variant, act, lora, call.gemm1_alpha is not None,
                                          call.gemm1_beta is not None, call.gemm1_clamp_limit is not None, kind,
                                          has_out_scale=out_scale, token_rows=fc1_rows), arch)

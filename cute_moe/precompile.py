@@ -82,7 +82,7 @@ def model_kernels(*, hidden_size: int, intermediate_size: int, num_experts: int,
     else:
         from .activation_quant import quantize_kernel
 
-        packed = arch == "sm_120a"  # SM120 keeps the quantized rows packed for its block-scaled MMA
+        packed = gemm.token_rows_of(arch, True)[0] == "fp4"  # packed for SM120's block-scaled MMA
         for gather in (True, False):
             add(f"nvfp4 quantize {'x rows' if gather else 'activation'}", ("nvfp4_quantize_rows", gather, packed),
                 lambda a, g=gather: quantize_kernel(a, g, packed))
@@ -100,10 +100,10 @@ def model_kernels(*, hidden_size: int, intermediate_size: int, num_experts: int,
             single = plan_is_single_cta(PlanShape(t, top_k, local, config.tile_rows))
             for part in ("single_cta",) if single else ("count", "scan", "scatter"):
                 add(f"plan {part}", ("plan", part), lambda a, n=part: plan_kernel(a, n))
-            if fp4:  # w4a16 (gathered bf16 rows), nvfp4 (quantized rows: bf16 values, or packed on SM120)
-                quantized = "fp4" if arch == "sm_120a" else "permuted"
+            if fp4:  # both b12x quant modes: w4a16 (bf16 inputs) and nvfp4 (quantized inputs)
                 keys = [(f"{op} {config.variant} {getattr(config, op.lower()).tag} nvfp4 {mode}", key)
-                        for mode, rows1, rows2 in (("w4a16", "gathered", "permuted"), ("nvfp4", quantized, quantized))
+                        for mode, (rows1, rows2) in (("w4a16", gemm.token_rows_of(arch, False)),
+                                                     ("nvfp4", gemm.token_rows_of(arch, True)))
                         for op, key in (("FC1", gemm.fc1_kernel_key(config.fc1, config.variant, act,
                                                                     weight_kind=weights, has_out_scale=True,
                                                                     token_rows=rows1)),
