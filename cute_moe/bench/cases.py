@@ -69,9 +69,15 @@ def _prepare_mxint4(shape: MoeShape, w1: torch.Tensor, w2: torch.Tensor) -> Dict
             "gemm2_weights_scale": g2s, "dequantized": deq}
 
 
+# nvfp4 mode's activation global scale (x and FC1's output, both ~O(1)): well inside NVFP4's range
+NVFP4_INPUT_SCALE = 0.01
+
+
 def _prepare_nvfp4(shape: MoeShape, w1: torch.Tensor, w2: torch.Tensor) -> Dict[str, object]:
     """NVFP4 experts (one global scale per expert and matrix) as b12x_fused_moe takes them, their
-    decode scales, and the dequantized bf16 weights (the global scale folded in)."""
+    decode scales, and the dequantized bf16 weights (the global scale folded in). For nvfp4 mode,
+    the activation global scale and FC2's alpha with it folded in, as a ModelOpt checkpoint
+    carries them (cute-moe-convert --format nvfp4), so that a timed call computes none of them."""
     from ..layouts.quantize import dequantize_nvfp4, quantize_nvfp4
     from ..prepare import prepare_b12x_fp4_moe_weights
 
@@ -89,6 +95,8 @@ def _prepare_nvfp4(shape: MoeShape, w1: torch.Tensor, w2: torch.Tensor) -> Dict[
         out[f"{name}_alpha"] = torch.stack(alphas).float()
         deq.append(torch.stack(floats))
     prepared = prepare_b12x_fp4_moe_weights(*out.pop("w1"), *out.pop("w2"))
+    out["input_scale"] = torch.full_like(out["w1_alpha"], NVFP4_INPUT_SCALE)
+    out["w2_alpha_nvfp4"] = out["w2_alpha"] * out["input_scale"]
     return {**prepared, **out, "dequantized": tuple(deq)}
 
 
@@ -154,18 +162,15 @@ def implementations(weights: PresetWeights, variants: bool) -> Dict[str, Callabl
 
 def _b12x(weights: PresetWeights, s: InputSet, mode: str, variant: Optional[str]):
     """b12x_fused_moe on the preset's NVFP4 experts; nvfp4 quantizes x and FC1's activation with
-    global scales folded into the alphas, as a ModelOpt checkpoint's input scales are."""
+    the global scales _prepare_nvfp4 set up."""
     from ..b12x import b12x_fused_moe
 
     q, shape = weights.nvfp4, weights.shape
-    kw = {}
+    kw = dict(w2_alpha=q["w2_alpha"])
     if mode == "nvfp4":
-        if "input_scale" not in q:
-            q["input_scale"] = torch.full((shape.num_experts,), 0.01, device=q["w1_alpha"].device)
-        kw = dict(input_global_scale=q["input_scale"], fc2_input_scale=q["input_scale"])
-    w2_alpha = q["w2_alpha"] * 0.01 if mode == "nvfp4" else q["w2_alpha"]
+        kw = dict(w2_alpha=q["w2_alpha_nvfp4"], input_global_scale=q["input_scale"], fc2_input_scale=q["input_scale"])
     return b12x_fused_moe(s.hidden, q["w1_weight"], q["w1_weight_sf"], q["w2_weight"], q["w2_weight_sf"], s.topk_ids,
-                          s.topk_weights, shape.num_experts, shape.top_k, w1_alpha=q["w1_alpha"], w2_alpha=w2_alpha,
+                          s.topk_weights, shape.num_experts, shape.top_k, w1_alpha=q["w1_alpha"],
                           activation="silu" if shape.activation.is_gated else "relu2", quant_mode=mode,
                           gemm_variant=variant, **kw)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 DEFAULT_TOKENS = (1, 8, 64, 512, 4096)
-ROUTED_IMPLS = ("cute_w4a16", "cute_nvfp4", "cute_bf16_routed")  # take precomputed routing
+B12X_IMPLS = ("cute_w4a16", "cute_nvfp4")  # precomputed routing: compared with cute_bf16_routed
 
 
 def _parse_args(argv):
@@ -169,7 +169,7 @@ def format_table(rows: List[Dict[str, object]]) -> str:
     peer, bf16, bf16_routed = times("torch_grouped_mm"), times("cute_bf16"), times("cute_bf16_routed")
 
     def ratio(table, r):
-        if table is bf16 and r["impl"].startswith(ROUTED_IMPLS) and bf16_routed:
+        if table is bf16 and r["impl"].startswith(B12X_IMPLS) and bf16_routed:
             table = bf16_routed  # precomputed routing against the bf16 path of the same input
         ref = table.get((r["preset"], r["tokens"]))
         return f"{ref / r['time_us']:.2f}x" if ref and r["time_us"] == r["time_us"] else "-"
@@ -189,8 +189,9 @@ def format_table(rows: List[Dict[str, object]]) -> str:
         lines.append(line + (f"  ERROR {r['error']}" if r.get("error") else ""))
     lines.append("byte fl / flop fl: floor time / measured time (1.00 = at the floor; the byte floor counts the "
                  "preset's weight format); vs torch / vs bf16: speed-up over the torch._grouped_mm pipeline / "
-                 "the cute_moe bf16 path (its routed entry for the b12x rows)" + ("; eager host / wall: us of host time for one eager call to return, "
-                                             "and per call of back-to-back eager calls" if eager else ""))
+                 "the cute_moe bf16 path (its routed entry for the b12x rows)"
+                 + ("; eager host / wall: us of host time for one eager call to return, "
+                    "and per call of back-to-back eager calls" if eager else ""))
     return "\n".join(lines)
 
 
