@@ -94,6 +94,12 @@ def _routing(case: Case, t: int, pool=None, generator=None):
     return ids, weights / weights.sum(1, keepdim=True)
 
 
+def _inputs(case: Case, t: int, x_scale: float = 1.0, pool=None):
+    """The case's experts and fresh inputs: bf16 ``x [t, H]``, routing ids and weights."""
+    x = (torch.randn(t, case.hidden, device="cuda") * x_scale).to(torch.bfloat16)
+    return (_experts(case), x) + _routing(case, t, pool)
+
+
 def _args(case: Case, ex: Experts, x, ids, w):
     """b12x_fused_moe's positional arguments."""
     return (x, ex.prepared["w1_weight"], ex.prepared["w1_weight_sf"], ex.prepared["w2_weight"],
@@ -114,9 +120,7 @@ def _kwargs(case: Case, ex: Experts, mode: str, **extra):
 
 
 def _run(case: Case, t: int, mode: str, record, x_scale: float = 1.0, **extra):
-    ex = _experts(case)
-    x = (torch.randn(t, case.hidden, device="cuda") * x_scale).to(torch.bfloat16)
-    ids, w = _routing(case, t)
+    ex, x, ids, w = _inputs(case, t, x_scale)
     args = _args(case, ex, x, ids, w)
     kw = _kwargs(case, ex, mode, **extra)
     out = cute_moe.b12x_fused_moe(*args, **kw)
@@ -159,10 +163,8 @@ def test_b12x_expert_parallel_slice(mode, record_error):
 def test_b12x_hot_and_empty_experts(mode, record_error):
     """Every token on expert 3 (slot 0) plus experts 0..4: 11 of 16 experts are empty."""
     case = SMALL
-    ex = _experts(case)
     t = 513
-    x = torch.randn(t, case.hidden, device="cuda").to(torch.bfloat16)
-    ids, w = _routing(case, t, pool=[0, 1, 2, 4])
+    ex, x, ids, w = _inputs(case, t, pool=[0, 1, 2, 4])
     ids[:, 0] = 3
     args = _args(case, ex, x, ids, w)
     kw = _kwargs(case, ex, mode)
@@ -186,10 +188,8 @@ def test_b12x_global_scales_and_formats(record_error):
 def test_b12x_w4a16_matches_bf16_entry_on_dequantized_weights(record_error):
     """W4A16 against trtllm_bf16_routed_moe on bf16(dequantized weights): independent kernels."""
     case = QWEN3
-    ex = _experts(case)
     t = 300
-    x = torch.randn(t, case.hidden, device="cuda").to(torch.bfloat16)
-    ids, w = _routing(case, t)
+    ex, x, ids, w = _inputs(case, t)
     out = cute_moe.b12x_fused_moe(*_args(case, ex, x, ids, w), **_kwargs(case, ex, "w4a16"))
     g1, g2 = prepare_bf16_moe_weights(ex.w1.to(torch.bfloat16), ex.w2.to(torch.bfloat16), ActivationType.Swiglu)
     bf16 = cute_moe.trtllm_bf16_routed_moe((ids, w), x, g1, g2, case.experts, case.top_k, None, None, case.inter, 0,
@@ -201,10 +201,8 @@ def test_b12x_w4a16_matches_bf16_entry_on_dequantized_weights(record_error):
 @pytest.mark.parametrize("preallocated", [True, False])
 def test_b12x_graph_replay_with_new_routing(mode, preallocated, record_error):
     case = SMALL
-    ex = _experts(case)
     t = 96
-    x = torch.randn(t, case.hidden, device="cuda").to(torch.bfloat16)
-    ids, w = _routing(case, t)
+    ex, x, ids, w = _inputs(case, t)
     args = _args(case, ex, x, ids, w)
     kw = _kwargs(case, ex, mode)
     out = torch.empty(t, case.hidden, dtype=torch.bfloat16, device="cuda") if preallocated else None
@@ -227,10 +225,8 @@ def test_b12x_graph_replay_with_new_routing(mode, preallocated, record_error):
 def test_b12x_under_torch_compile(mode, record_error):
     """torch.compile traces the call (through the cute_moe::fused_moe custom op) in one graph."""
     case = SMALL
-    ex = _experts(case)
     t = 45
-    x = torch.randn(t, case.hidden, device="cuda").to(torch.bfloat16)
-    ids, w = _routing(case, t)
+    ex, x, ids, w = _inputs(case, t)
     weights = (ex.prepared["w1_weight"], ex.prepared["w1_weight_sf"], ex.prepared["w2_weight"],
                ex.prepared["w2_weight_sf"])
     kw = _kwargs(case, ex, mode)
