@@ -358,10 +358,13 @@ def run_moe(call: MoeCall) -> List[torch.Tensor]:
     plan = PlanPointers(buf("expert_counts"), buf("expert_offsets"),
                         buf("expanded_idx_to_permuted_idx", (pairs,), torch.int32),
                         buf("permuted_idx_to_expanded_idx"), buf("tile_info"), buf("counters"))
-    launch_plan(recipe.plan_kernels, shape, int(call.local_expert_offset), ids, plan, buf("plan_workspace"), stream)
+    # decode configs launch every stage from the plan on as a programmatic dependent of the one
+    # before: each kernel launches while its predecessor runs and waits for it at its start
+    pdl = recipe.config.pdl
+    launch_plan(recipe.plan_kernels, shape, int(call.local_expert_offset), ids, plan, buf("plan_workspace"), stream,
+                pdl)
 
     rows, inter, local, tiles = shape.max_padded_rows, int(call.intermediate_size), shape.local_num_experts, shape.max_tiles
-    pdl = recipe.config.pdl
     act = buf("act", (rows, inter), torch.bfloat16)
     fc1_x, fc2_x = x, act
     if recipe.quantize is not None:  # NVFP4 inputs: x's rows quantized per routed expert, in plan order
@@ -380,7 +383,7 @@ def run_moe(call: MoeCall) -> List[torch.Tensor]:
 
     extra = [own["act"]] if call.gemm1_lora_delta is not None else []
     if call.do_finalize:
-        launch_combine(recipe.combine, gemm2, weights, plan.e2p, p(output), t, rows, h, stream)
+        launch_combine(recipe.combine, gemm2, weights, plan.e2p, p(output), t, rows, h, stream, pdl)
         return [output] + ([own["expanded_idx_to_permuted_idx"]] + extra if extra else [])
     expert_weights = call.topk_weights.clone() if recipe.route is None and recipe.unpack is None \
         else own["topk_weights"]

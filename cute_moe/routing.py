@@ -256,16 +256,18 @@ def plan_kernels(arch: str, single_cta: bool) -> List:
 
 
 def launch_plan(kernels: List, shape: PlanShape, local_expert_offset: int, topk_ids: int, plan: PlanPointers,
-                workspace: int, stream: int) -> None:
+                workspace: int, stream: int, use_pdl: bool = False) -> None:
     """Launch ``plan_kernels`` for ``shape`` (one CTA: ``[single]``, chunked: ``[count, scan,
-    scatter]`` with ``plan_workspace_ints`` int32 of ``workspace``)."""
+    scatter]`` with ``plan_workspace_ints`` int32 of ``workspace``). ``use_pdl``: the one-CTA
+    plan launches as a programmatic dependent of the previous kernel (it waits for it at its
+    start)."""
     from .kernels import plan as kplan
 
     n, num_local, tr = shape.num_pairs, shape.local_num_experts, shape.tile_rows
     max_rows, max_tiles = max(shape.max_padded_rows, 1), max(shape.max_tiles, 1)
     if len(kernels) == 1:
         kernels[0](topk_ids, plan.counts, plan.offsets, plan.e2p, plan.p2e, plan.tiles, plan.counters, n,
-                   local_expert_offset, num_local, tr, max_rows, max_tiles, stream)
+                   local_expert_offset, num_local, tr, max_rows, max_tiles, int(use_pdl), stream)
         return
     chunk = kplan.chunk_pairs_for(n)
     num_chunks = (n + chunk - 1) // chunk
@@ -330,6 +332,7 @@ def combine_kernel(arch: str, top_k: int, weights_f32: bool):
 
 
 def launch_combine(kernel, rows: int, weights: int, perm: int, out: int, num_tokens: int, num_rows: int,
-                   hidden: int, stream: int) -> None:
-    """Launch ``combine_kernel`` on ``num_tokens > 0`` tokens of ``hidden % 8 == 0`` columns."""
-    kernel(rows, weights, perm, out, num_tokens, max(num_rows, 1), hidden // 8, stream)
+                   hidden: int, stream: int, use_pdl: bool = False) -> None:
+    """Launch ``combine_kernel`` on ``num_tokens > 0`` tokens of ``hidden % 8 == 0`` columns
+    (``use_pdl``: as a programmatic dependent of the previous kernel, FC2)."""
+    kernel(rows, weights, perm, out, num_tokens, max(num_rows, 1), hidden // 8, int(use_pdl), stream)

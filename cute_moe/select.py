@@ -50,10 +50,28 @@ _SM90_VARIANT_BY_ROWS: Tuple[Tuple[float, str], ...] = (
     (16.0, "dynamic"),
     (float("inf"), "wgmma"),
 )
-# Arches without the warpgroup MMA, and MXINT4 weights on every arch (the wgmma instantiation
-# takes bf16 weights), use the warp-MMA family at every size.
+# Arches without the warpgroup MMA use the warp-MMA family at every size (4-bit weights: their
+# own tables below, on every arch; the wgmma instantiation takes bf16 weights).
 _WARP_VARIANT_BY_ROWS: Tuple[Tuple[float, str], ...] = (
     (4.0, "micro"),
+    (float("inf"), "dynamic"),
+)
+# MXINT4 experts dequantized into the MMA registers (one warp along N), H100, end to end (us,
+# graph replay, cute-moe-bench --variants):
+#
+#   rows/expert  shape                   micro    static   dynamic
+#   0.5 (T=8)    qwen3-30b-a3b mxint4    78.7     83.6     102.7
+#   1 (T=8)      kimi-k2, 64 experts     345.2    354.5    456.4
+#   4 (T=64)     qwen3-30b-a3b mxint4    152.9    155.2    207.9
+#   8 (T=64)     kimi-k2, 64 experts     733.3    755.5    892.1
+#   32 (T=512)   qwen3-30b-a3b mxint4    360.9    366.1    377.8
+#   64 (T=512)   kimi-k2, 64 experts     2735.1   2196.2   2604.2
+#
+# The persistent grid loses at every decode point (its CTAs interleave weight blocks that the
+# tiles-fastest grids stream together); micro holds up to 8 rows, static's 128x64 tile at 64.
+_INT4_VARIANT_BY_ROWS: Tuple[Tuple[float, str], ...] = (
+    (8.0, "micro"),
+    (64.0, "static"),
     (float("inf"), "dynamic"),
 )
 # NVFP4 experts (b12x, W4A16 dequantizing in the kernel), H100, end to end (us, graph replay):
@@ -188,7 +206,8 @@ def select_config(*, num_tokens: int, top_k: int, hidden_size: int, intermediate
     del hidden_size, intermediate_size  # tiles handle every supported H, I
     arch = _arch(device, arch)
     rows = max(int(num_tokens), 1) * int(top_k) / max(int(local_num_experts), 1)
-    table = {"bf16": VARIANT_BY_ROWS[arch], "nvfp4": _FP4_VARIANT_BY_ROWS}.get(weight_kind, _WARP_VARIANT_BY_ROWS)
+    table = {"bf16": VARIANT_BY_ROWS[arch], "mxint4": _INT4_VARIANT_BY_ROWS,
+             "nvfp4": _FP4_VARIANT_BY_ROWS}.get(weight_kind, _WARP_VARIANT_BY_ROWS)
     chosen = forced_variant(variant) or _first(table, rows)
     if chosen == "wgmma" and (arch != "sm_90a" or weight_kind != "bf16"):
         raise ValueError(f"variant 'wgmma' runs bf16 weights on sm_90a, got {weight_kind} weights on {arch}")

@@ -63,12 +63,18 @@ VARIANTS = [
     ("fp4_fc2_dynamic_256x128_scaled", lambda: GroupedGemm("fc2", TileConfig(256, 128, 4, 2, 3), "persistent",
                                                            weight_format="nvfp4", has_out_scale=True)),
 ]
-PTX_NEEDLES = ["mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", "ldmatrix.sync.aligned",
-               "cp.async.cg.shared.global", "cp.async.wait_group", "st.global.v4"]
+PTX_NEEDLES = ["mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", "cp.async.cg.shared.global",
+               "cp.async.wait_group", "st.global.v4"]
+LDMATRIX = "ldmatrix.sync.aligned"
 # the int4 path adds 4-byte cp.async of the scale pairs and the lop3 / bf16x2-fma dequantization
-INT4_PTX_NEEDLES = ["cp.async.ca.shared.global", "lop3.b32", "fma.rn.bf16x2", "st.shared.v4"]
+INT4_PTX_NEEDLES = ["cp.async.ca.shared.global", "lop3.b32", "fma.rn.bf16x2"]
 # FP4: the e2m1 / ue4m3 bit placement (no lop3: and / shl / or) and the exponent fix-up multiply
-FP4_PTX_NEEDLES = ["cp.async.ca.shared.global", "prmt.b32", "fma.rn.bf16x2", "st.shared.v4"]
+FP4_PTX_NEEDLES = ["cp.async.ca.shared.global", "prmt.b32", "fma.rn.bf16x2"]
+# 4-bit weights, one warp along N: 8-byte loads of packed rows, dequantized into the A registers
+# (no ldmatrix at all: B is read with 16-byte loads in the matching k order); wider warp grids
+# store the dequantized k-block to shared memory and ldmatrix it
+REGISTER_DEQUANT_NEEDLES = ["ld.shared.v2.b32", "ld.shared.v4.b32"]
+SHARED_DEQUANT_NEEDLES = ["st.shared.v4", LDMATRIX]
 STACK_BUDGET_BYTES = 0  # no spills, no local arrays
 
 
@@ -120,7 +126,10 @@ def test_variant_compiles_without_spills(arch, name, make):
                             options=f"--gpu-arch {arch} --keep-ptx --keep-cubin --dump-dir {runtime._dump_dir()}")
     ptx = compiled.artifacts.PTX
     assert f".target {arch}" in ptx
-    extra = {"bf16": [], "mxint4": INT4_PTX_NEEDLES, "nvfp4": FP4_PTX_NEEDLES}[kernel.weight_format]
+    extra = {"bf16": [LDMATRIX], "mxint4": INT4_PTX_NEEDLES, "nvfp4": FP4_PTX_NEEDLES}[kernel.weight_format]
+    if kernel.packed:
+        extra = extra + (REGISTER_DEQUANT_NEEDLES if kernel.reg_dequant else SHARED_DEQUANT_NEEDLES)
+        assert (LDMATRIX in ptx) != kernel.reg_dequant, f"{name} on {arch}: ldmatrix with register dequantization"
     for needle in PTX_NEEDLES + extra:
         assert needle in ptx, f"{name} on {arch}: '{needle}' missing from the PTX"
     assert ".local" not in ptx, f"{name} on {arch}: local memory in the PTX"
@@ -197,6 +206,16 @@ def test_nvfp4_selector_keeps_decode_tiles_together():
               arch="sm_90a")
     assert [select_config(num_tokens=t, **kw).variant for t in (1, 8, 32, 64, 128, 512)] == \
         ["micro", "micro", "micro", "static", "static", "dynamic"]
+
+
+def test_mxint4_selector_keeps_decode_tiles_together():
+    """MXINT4 experts: micro up to 8 routed rows per expert, the tiles-fastest grid up to 64
+    (measured: Kimi-K2 shape, 64 experts, T = 64: 733 us micro against 892 persistent; T = 512:
+    2196 static against 2604)."""
+    kw = dict(top_k=8, hidden_size=7168, intermediate_size=2048, local_num_experts=64, weight_kind="mxint4")
+    for arch in ("sm_90a", "sm_100a", "sm_120a"):
+        assert [select_config(num_tokens=t, arch=arch, **kw).variant for t in (1, 64, 128, 512, 1024)] == \
+            ["micro", "micro", "static", "static", "dynamic"]
 
 
 def test_cubin_reader_rejects_a_cubin_without_register_counts():
@@ -651,24 +670,54 @@ def test_block_scaled_fp4_compiles_for_sm120(tile, schedule):
         assert res["frame"] <= STACK_BUDGET_BYTES and res["regs"] <= 255, f"{op} {tile.tag}: {res}"
 
 
-def test_block_scaled_fragments_match_the_instruction_layouts():
-    """The fragment functions the SM120 kernel loads and stores with agree, lane by lane and value
-    by value, with the DSL's thread-value layouts of the m16n8k64 block-scaled MMA (A, B, C and the
-    scale operands), computed in a subprocess for sm_120a."""
+def mma_layout_tables(kind: str, arch: str) -> dict:
+    """tests/mma_layouts.py's tables for ``kind`` ("fp4" or "bf16"), computed in a subprocess for ``arch``."""
     import json
     import os
     import subprocess
     import sys
     from pathlib import Path
 
+    here = Path(__file__).parent
+    out = subprocess.run([sys.executable, str(here / "mma_layouts.py"), kind], capture_output=True, text=True,
+                         env=dict(os.environ, CUTE_DSL_ARCH=arch), cwd=here, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_register_dequant_fragments_match_the_instruction_layouts():
+    """The lane-to-k mapping of the register-dequantizing mainloop (4-bit weights, one warp along
+    N) is one reduction order for A and B: for every MMA step and every MMA k, the weight pair in
+    A and the token pair in B cover the same k of the k-block, the rows are the lane's ``g`` and
+    ``g + 8``, the 4 steps cover the 64 k once, and the accumulators are the instruction's."""
+    from cute_moe.kernels.grouped_gemm import register_a_pair, register_b_pair, register_pair_k
+
+    tables = mma_layout_tables("bf16", "sm_90a")
+    for kk in range(4):
+        order = {}  # MMA k -> k of the k-block
+        for lane in range(32):
+            g, t = lane // 4, lane % 4
+            for v, (m, k_mma) in enumerate(tables["A"][lane]):
+                h, q = register_a_pair(kk, v // 2)
+                assert m == g + 8 * h, ("A row", lane, v)
+                assert order.setdefault(k_mma, (t, register_pair_k(t, q) + v % 2)) == (t, register_pair_k(t, q) + v % 2)
+            for v, (n, k_mma) in enumerate(tables["B"][lane]):
+                assert n == g, ("B row", lane, v)
+                assert order[k_mma] == (t, register_pair_k(t, register_b_pair(kk, v // 2)) + v % 2), ("B k", lane, v)
+            for i, (m, n) in enumerate(tables["C"][lane]):
+                assert (m, n) == (g + 8 * (i // 2), 2 * t + i % 2), ("C", lane, i)
+        assert sorted(order) == list(range(16))
+        tables.setdefault("steps", []).append(sorted(k for _, k in order.values()))
+    assert sorted(k for step in tables["steps"] for k in step) == list(range(64))
+
+
+def test_block_scaled_fragments_match_the_instruction_layouts():
+    """The fragment functions the SM120 kernel loads and stores with agree, lane by lane and value
+    by value, with the DSL's thread-value layouts of the m16n8k64 block-scaled MMA (A, B, C and the
+    scale operands), computed in a subprocess for sm_120a."""
     from cute_moe.kernels.grouped_gemm_sm120 import a_fragment, b_fragment, c_fragment, sfa_row, sfb_row
 
-    here = Path(__file__).parent
-    env = dict(os.environ, CUTE_DSL_ARCH="sm_120a")
-    out = subprocess.run([sys.executable, str(here / "sm120_mma_layouts.py")], capture_output=True, text=True,
-                         env=env, cwd=here, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    tables = json.loads(out.stdout.strip().splitlines()[-1])
+    tables = mma_layout_tables("fp4", "sm_120a")
     for lane in range(32):
         for v, (m, k) in enumerate(tables["A"][lane]):  # 8 consecutive k per register, low nibble first
             row, byte = a_fragment(lane, v // 8)

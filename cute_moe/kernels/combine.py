@@ -35,7 +35,9 @@ class CombineRows:
     @cute.jit
     def __call__(self, rows_ptr: cute.Pointer, weights_ptr: cute.Pointer, perm_ptr: cute.Pointer,
                  out_ptr: cute.Pointer, num_tokens: Int32, num_rows: Int32, hidden_vecs: Int32,
-                 stream: cuda.CUstream):
+                 use_pdl: Int32, stream: cuda.CUstream):
+        """``use_pdl``: launch as a programmatic dependent of FC2, which lets it launch as soon as
+        every FC2 CTA runs: the launch latency hides behind FC2 and each CTA waits at its start."""
         k = self.top_k
         row_stride = cute.assume(hidden_vecs * VEC, divby=VEC)
         # [rows, H / 8, 8]: the row stride is a multiple of 8 elements, so every 8-vector is
@@ -48,11 +50,12 @@ class CombineRows:
         self.kernel(rows, cute.make_tensor(weights_ptr, pairs), cute.make_tensor(perm_ptr, pairs), out,
                     hidden_vecs).launch(
             grid=[num_tokens, (hidden_vecs + THREADS - 1) // THREADS, 1], block=[THREADS, 1, 1],
-            stream=stream)
+            stream=stream, use_pdl=use_pdl)
 
     @cute.kernel
     def kernel(self, rows: cute.Tensor, weights: cute.Tensor, perm: cute.Tensor, out: cute.Tensor,
                hidden_vecs: Int32):
+        cute.arch.griddepcontrol_wait()  # FC2's rows (a no-op without a programmatic launch)
         t = cute.arch.block_idx()[0]
         v = cute.arch.block_idx()[1] * THREADS + cute.arch.thread_idx()[0]
         if v < hidden_vecs:
@@ -76,5 +79,5 @@ class CombineRows:
 def combine_example_args(weights_f32: bool = False):
     """Arguments that compile ``CombineRows`` without a GPU."""
     return (runtime.fake_ptr(torch.bfloat16, 16), runtime.fake_ptr(torch.float32 if weights_f32 else torch.bfloat16, 4 if weights_f32 else 2),
-            runtime.fake_ptr(torch.int32, 4), runtime.fake_ptr(torch.bfloat16, 16), 1, 1, 1,
+            runtime.fake_ptr(torch.int32, 4), runtime.fake_ptr(torch.bfloat16, 16), 1, 1, 1, 0,
             runtime.fake_stream())

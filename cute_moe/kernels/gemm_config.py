@@ -34,12 +34,14 @@ INT4_ROW_BYTES = BK // 2  # packed bytes of one weight row per k-block
 INT4_GROUP = 32
 INT4_SCALES_PER_KB = BK // INT4_GROUP
 # Decode tiles (bn <= INT4_WIDE_BN) load 2 k-blocks (64 of a row's 128 packed bytes) per ring
-# stage, INT4_WIDE_STAGES deep, and dequantize one k-block at a time into two alternating bf16
-# slots; wider tiles stage one k-block (their token rows dominate). H100, Kimi-K2 shape (64
-# experts), FC1 + FC2 of the 64x8 micro tile at T = 1 / 8 / 64 (us, one word dequantized per
-# thread step): 1 k-block x 8 stages 156 / 576 / 1283; x 12: 143 / 627 / 1379; 2 x 6: 128 / 580 /
+# stage, INT4_WIDE_STAGES deep, and dequantize one k-block at a time (into the MMA registers,
+# or with two warps along N into two alternating bf16 slots); wider tiles stage one k-block
+# (their token rows dominate). Ring depths, measured with the shared-memory dequantization on
+# H100, Kimi-K2 shape (64 experts), FC1 + FC2 of the 64x8 micro tile at T = 1 / 8 / 64 (us, one
+# word dequantized per thread step): 1 k-block x 8 stages 156 / 576 / 1283; x 12: 143 / 627 / 1379; 2 x 6: 128 / 580 /
 # 1267; 4 x 4: 152 / 615 / 1358; 4 x 6: 168 / 751 / 1649. Every ring depth leaves the weights
-# stream at 40-57% of the int4 byte floor: the kernel is issue-bound on dequantization.
+# stream at 40-57% of the int4 byte floor: that kernel was issue-bound on dequantization (the
+# register path streams Kimi-K2 T = 8 at 88%: docs/gemm_notes.md, MXINT4 v2).
 # NVFP4 weights (b12x): e2m1 values, one ue4m3 scale per 16 values (4 per k-block, one word).
 FP4_GROUP = 16
 FP4_SCALES_PER_KB = BK // FP4_GROUP
@@ -150,14 +152,26 @@ class TileConfig:
         return INT4_WIDE_STAGES if self.int4_k_blocks_per_stage > 1 else self.stages
 
     @property
+    def dequant_in_registers(self) -> bool:
+        """4-bit weights: with one warp along N each weight row is read by exactly one warp, which
+        dequantizes it straight into its MMA A fragments (no bf16 slot in shared memory, one
+        barrier per ring stage); a wider warp grid dequantizes each k-block once per CTA into
+        shared memory, where every warp of the row reads it (docs/gemm_notes.md, MXINT4)."""
+        return self.warps_n == 1
+
+    @property
     def int4_a_slots(self) -> int:
-        """Dequantized bf16 k-blocks in shared memory (two alternate when a stage holds several)."""
+        """Dequantized bf16 k-blocks in shared memory (two alternate when a stage holds several;
+        none when the warps dequantize into registers)."""
+        if self.dequant_in_registers:
+            return 0
         return 2 if self.int4_k_blocks_per_stage > 1 else 1
 
     def int4_smem_layout(self) -> "Int4Smem":
-        """Byte offsets with MXINT4 weights: the dequantized bf16 k-blocks (the MMA's A operand)
-        and the token ring first (both 1024-byte aligned for the swizzle), then the packed-weight
-        ring and the scale ring."""
+        """Byte offsets with MXINT4 weights: the dequantized bf16 k-blocks (the MMA's A operand,
+        if any) and the token ring first (both 1024-byte aligned for the swizzle), then the
+        packed-weight ring (k-block major: one ``bm x 32``-byte block per k-block of a stage) and
+        the scale ring."""
         kps, stages = self.int4_k_blocks_per_stage, self.int4_stages
         b = self.int4_a_slots * self.bm * BK * 2
         raw = b + stages * kps * self.bn * BK * 2

@@ -19,10 +19,12 @@ Per work item (plan tile ``t``, m-block ``mb``), with ``(e, row0, nrows) = tile_
   (cute_moe.layouts.scale_interleave; rows in the weights' prepared order), flat per expert.
   k-block ``kb`` of a row is the 32-byte quarter ``kb % 4`` of its 128-byte block ``kb // 4``;
   its two scales are adjacent (columns ``2kb, 2kb+1`` of one 4-column group). Packed bytes and
-  scales ride the cp.async ring, one k-block or (decode tiles) one whole 128-byte block of 4
-  k-blocks per stage (TileConfig.int4_k_blocks_per_stage); each k-block is dequantized,
-  ``w = bf16(q * s)`` (cute_moe.kernels.int4_convert), into a swizzled bf16 slot that the MMAs
-  read (two slots alternate when a stage holds 4 k-blocks: one barrier per k-block).
+  scales ride the cp.async ring, one k-block or (decode tiles) two per stage
+  (TileConfig.int4_k_blocks_per_stage); each weight is dequantized once, ``w = bf16(q * s)``
+  (cute_moe.kernels.int4_convert). With one warp along N (TileConfig.dequant_in_registers) the
+  warp that owns a row dequantizes it straight into its MMA A registers, in a k order that B's
+  16-byte loads follow (``mma_stage_registers``); otherwise the k-block goes to a swizzled bf16
+  slot that every warp ldmatrix-es (two slots alternate when a stage holds several k-blocks).
 * NVFP4 weights (b12x's layout): ``W_e`` is packed e2m1 uint8 ``[L, M, K/2]`` (row-major, low
   nibble first, rows in the checkpoint's order: ``[up; gate]`` for a gated FC1) with ue4m3
   scales, one per 16 values along K, 128x4-interleaved like the MXINT4 scales (bytes; rows padded
@@ -54,6 +56,8 @@ import cutlass.cute as cute
 import cutlass.memory
 import cuda.bindings.driver as cuda
 from cutlass import BFloat16, Float32, Int32, Int64, Uint8
+from cutlass._mlir.dialects import llvm
+from cutlass.cutlass_dsl import T
 
 from ..enums import ActivationType
 from . import gemm_epilogue as epi
@@ -88,6 +92,39 @@ def _swizzle():
     # 16-byte chunk c of 128-byte row r lands at chunk c ^ (r % 8): ldmatrix reads of 8 rows at
     # one chunk column hit 8 distinct bank groups.
     return cute.make_swizzle(3, 4, 3)
+
+
+MMA_BF16_PTX = ("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                "{$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, {$10, $11, $12, $13};")
+
+
+def mma_bf16(a: list, b: list, c: list) -> list:
+    """One m16n8k16 bf16 MMA on registers: ``a`` 4 bf16x2 words (rows g / g+8, k 2t / 2t+8),
+    ``b`` 2 words (k 2t / 2t+8 of token g), ``c`` 4 float32 (rows g / g+8, tokens 2t, 2t+1)."""
+    operands = [Int32(v).ir_value() for v in a + b] + [Float32(v).ir_value() for v in c]
+    res = llvm.inline_asm(llvm.StructType.get_literal([T.f32()] * 4), operands, MMA_BF16_PTX,
+                          "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", has_side_effects=False, is_align_stack=False)
+    return [Float32(llvm.extractvalue(T.f32(), res, [i])) for i in range(4)]
+
+
+# Register dequantization (GroupedGemm.mma_stage_registers): lane ``4g + t`` holds 8 bf16 pairs
+# ``Q`` of its weight rows ``g``, ``g + 8`` and of token row ``g``. Plain arithmetic, used by the
+# kernel and checked by tests/test_grouped_gemm.py against the DSL's layouts of the instruction.
+
+
+def register_pair_k(t, q):
+    """First k (in the 64-value k-block) of pair ``q`` of lane ``4g + t``: 16 consecutive k per lane."""
+    return 16 * t + 2 * q
+
+
+def register_a_pair(kk, reg):
+    """A register ``reg`` (0..3) of MMA step ``kk`` -> (row half ``h``: row ``g + 8h``, pair ``q``)."""
+    return reg % 2, 2 * kk + reg // 2
+
+
+def register_b_pair(kk, reg):
+    """B register ``reg`` (0..1) of MMA step ``kk`` -> pair ``q`` of the lane's token row."""
+    return 2 * kk + reg
 
 
 class GroupedGemm:
@@ -150,11 +187,13 @@ class GroupedGemm:
                 raise ValueError(f"int4 weights: {self.bm} rows x {self.row_chunks} chunks do not split over "
                                  f"{self.threads} threads")
             self.packed_loads = self.bm * self.row_chunks // self.threads
+            self.reg_dequant = tile.dequant_in_registers
             self.piece_scales = min(4, self.scales_per_kb * self.kps)  # one 4-column group at most
             self.row_pieces = self.scales_per_kb * self.kps // self.piece_scales
             self.scale_loads = (self.bm * self.row_pieces + self.threads - 1) // self.threads
-            # dequantization unit: one row's 32-value scale group of a k-block (16 packed bytes)
-            if (self.bm * INT4_SCALES_PER_KB) % self.threads:
+            # shared-memory dequantization unit: one row's 32-value scale group of a k-block (16
+            # packed bytes)
+            if not self.reg_dequant and (self.bm * INT4_SCALES_PER_KB) % self.threads:
                 raise ValueError(f"int4 weights: {self.bm} rows x {INT4_SCALES_PER_KB} groups do not split over "
                                  f"{self.threads} threads")
             self.dequant_units = self.bm * INT4_SCALES_PER_KB // self.threads
@@ -324,7 +363,7 @@ class GroupedGemm:
 
         # ---- MMA partitions over the swizzled ring (int4: over the one dequantized block)
         swz = _swizzle()
-        a_slots = self.a_slots if cutlass.const_expr(self.packed) else stages
+        a_slots = max(self.a_slots, 1) if cutlass.const_expr(self.packed) else stages  # (register dequant: unread)
         sA = cute.make_tensor(cute.recast_ptr(sa_ptr, swz, dtype=BFloat16),
                               cute.make_layout((bm, BK, a_slots), stride=(BK, 1, bm * BK)))
         sB = cute.make_tensor(cute.recast_ptr(sb_ptr, swz, dtype=BFloat16),
@@ -350,7 +389,8 @@ class GroupedGemm:
 
         weights = (kb_stride, a_src, a_dst, a_ok, s_src, s_dst, s_ok, sa_ptr, sq_ptr, ss_ptr)
         tokens = (g2s, vec, b_src, b_dst, b_ok, sb_ptr)
-        mma = (tidx, tiled_mma, acc, s2r_a, s2r_b, tXsA, tXrA, tXsB, tXrB, tCrA, tCrB, k_steps, sq_ptr, ss_ptr, sa_ptr)
+        mma = (tidx, tiled_mma, acc, s2r_a, s2r_b, tXsA, tXrA, tXsB, tXrB, tCrA, tCrB, k_steps, sq_ptr, ss_ptr, sa_ptr,
+               sb_ptr)
         self.k_loop(k_stages, weights, tokens, mma)
 
         # ---- accumulators -> sC[n, p] (float32, token-row major)
@@ -403,8 +443,21 @@ class GroupedGemm:
     def mma_stage(self, stage: Int32, tidx: Int32, tiled_mma: cute.TiledMma, acc: cute.Tensor, s2r_a: cute.TiledCopy,
                   s2r_b: cute.TiledCopy, tXsA: cute.Tensor, tXrA: cute.Tensor, tXsB: cute.Tensor, tXrB: cute.Tensor,
                   tCrA: cute.Tensor, tCrB: cute.Tensor, k_steps: cutlass.Constexpr, sq_ptr: cute.Pointer,
-                  ss_ptr: cute.Pointer, sa_ptr: cute.Pointer):
-        """The MMAs of ring slot ``stage``: ldmatrix fragments, mma.sync, k-block by k-block."""
+                  ss_ptr: cute.Pointer, sa_ptr: cute.Pointer, sb_ptr: cute.Pointer):
+        """The MMAs of ring slot ``stage``: ldmatrix fragments, mma.sync, k-block by k-block (4-bit
+        weights with ``reg_dequant``: :meth:`mma_stage_registers`)."""
+        if cutlass.const_expr(self.packed and self.reg_dequant):
+            self.mma_stage_registers(stage, tidx, acc, sq_ptr, ss_ptr, sb_ptr)
+        else:
+            self.mma_stage_shared(stage, tidx, tiled_mma, acc, s2r_a, s2r_b, tXsA, tXrA, tXsB, tXrB, tCrA, tCrB,
+                                  k_steps, sq_ptr, ss_ptr, sa_ptr)
+
+    @cute.jit
+    def mma_stage_shared(self, stage: Int32, tidx: Int32, tiled_mma: cute.TiledMma, acc: cute.Tensor,
+                         s2r_a: cute.TiledCopy, s2r_b: cute.TiledCopy, tXsA: cute.Tensor, tXrA: cute.Tensor,
+                         tXsB: cute.Tensor, tXrB: cute.Tensor, tCrA: cute.Tensor, tCrB: cute.Tensor,
+                         k_steps: cutlass.Constexpr, sq_ptr: cute.Pointer, ss_ptr: cute.Pointer, sa_ptr: cute.Pointer):
+        """ldmatrix from the bf16 weight ring, or from the bf16 slot 4-bit weights are dequantized to."""
         for sub in cutlass.range_constexpr(self.kps):
             a_slot = stage
             if cutlass.const_expr(self.packed):
@@ -418,6 +471,80 @@ class GroupedGemm:
                 cute.copy(s2r_a, tXsA[None, None, kk, a_slot], tXrA[None, None, kk])
                 cute.copy(s2r_b, tXsB[None, None, kk, stage * self.kps + sub], tXrB[None, None, kk])
                 cute.gemm(tiled_mma, acc, tCrA[None, None, kk], tCrB[None, None, kk], acc)
+
+    @cute.jit
+    def mma_stage_registers(self, stage: Int32, tidx: Int32, acc: cute.Tensor, sq_ptr: cute.Pointer,
+                            ss_ptr: cute.Pointer, sb_ptr: cute.Pointer):
+        """4-bit weights dequantized into the A registers of the warp's MMAs (warps_n == 1).
+
+        The reduction order inside a k-block is free as long as A and B agree on it, so each lane
+        takes what is cheap to load: lane ``4g + t`` reads bytes ``8t .. 8t+8`` of its weight rows
+        ``g`` and ``g + 8`` (values ``k = 16t .. 16t+16``, one 8-byte load each, inside one scale
+        group) and the same 16 k of token row ``g`` (two 16-byte loads, chunks ``2t, 2t+1`` of the
+        swizzled row). Its 8 bf16 pairs per row (``register_pair_k``) feed MMA step ``kk`` as A
+        pairs ``2kk`` (MMA k ``2t, 2t+1``) and ``2kk + 1`` (MMA k ``2t+8, 2t+9``), matched by the
+        same token pairs in B (``register_a_pair``, ``register_b_pair``). The accumulators keep
+        the tiled MMA's layout, so the template's epilogue stores them unchanged."""
+        lane = tidx % 32
+        g = lane // 4
+        t = lane % 4
+        warps_m = self.tile.warps_m
+        m_tiles = self.bm // (warps_m * MMA_M)
+        n_tiles = self.bn // MMA_N
+        first_row = (tidx // 32) * MMA_M + g  # m-tile mi adds mi * warps_m * 16, its second row 8
+        scale_words = cute.make_tensor(
+            cute.recast_ptr(ss_ptr + stage * (self.bm * self.scales_per_kb * self.kps), dtype=Int32),
+            cute.make_layout((self.kps, self.bm), stride=(1, self.kps)))
+        for sub in cutlass.range_constexpr(self.kps):
+            # token words: b[ni, 4c + j] is the bf16 pair k = 16t + 8c + 2j of token row 8 ni + g
+            b = cute.make_rmem_tensor((n_tiles, 8), Int32)
+            tokens = sb_ptr + cute.assume((stage * self.kps + sub) * (self.bn * BK), divby=CHUNK)
+            for ni in cutlass.range_constexpr(n_tiles):
+                n = ni * MMA_N + g
+                for c in cutlass.range_constexpr(2):
+                    chunk = cute.make_rmem_tensor(4, Int32)
+                    src = tokens + cute.assume(n * BK + ((2 * t + c) ^ (n % 8)) * CHUNK, divby=CHUNK)
+                    cute.autovec_copy(cute.make_tensor(cute.recast_ptr(src, dtype=Int32), cute.make_layout(4)), chunk)
+                    for j in cutlass.range_constexpr(4):
+                        b[ni, 4 * c + j] = chunk[j]
+            k_block = self.packed_k_block(sq_ptr, stage, sub)
+            for mi in cutlass.range_constexpr(m_tiles):
+                # a[h, Q]: bf16 pair Q of weight row first_row + 8h
+                a = cute.make_rmem_tensor((2, 8), Int32)
+                for h in cutlass.range_constexpr(2):
+                    r = first_row + mi * (warps_m * MMA_M) + 8 * h
+                    words = cute.make_rmem_tensor(2, Int32)
+                    src = cute.recast_ptr(k_block + cute.assume(r * INT4_ROW_BYTES + 8 * t, divby=8), dtype=Int32)
+                    cute.autovec_copy(cute.make_tensor(src, cute.make_layout(2)), words)
+                    self.dequantize_pairs(words, scale_words[sub, r], t, a, h)
+                for kk in cutlass.range_constexpr(4):
+                    for ni in cutlass.range_constexpr(n_tiles):
+                        d = mma_bf16([a[register_a_pair(kk, reg)] for reg in range(4)],
+                                     [b[ni, register_b_pair(kk, reg)] for reg in range(2)],
+                                     [acc[i + 4 * (mi + m_tiles * ni)] for i in range(4)])
+                        for i in cutlass.range_constexpr(4):
+                            acc[i + 4 * (mi + m_tiles * ni)] = d[i]
+
+    @cute.jit
+    def dequantize_pairs(self, words: cute.Tensor, scale_word: Int32, t: Int32, a: cute.Tensor,
+                         h: cutlass.Constexpr):
+        """16 packed values (two words, value ``v`` in bits ``4v``) of one row -> bf16 pairs
+        ``a[h, Q]`` (values ``2Q, 2Q + 1``), scaled by the row's scale of lane ``t``'s group in
+        ``scale_word``: MXINT4 the bf16 ``t // 2`` (32-value groups), NVFP4 the ue4m3 byte ``t``."""
+        if cutlass.const_expr(self.fp4):
+            s2 = fp4_convert.scale_pair(scale_word >> (8 * t), 0)
+        else:
+            s2 = int4_convert.scale_pair(scale_word, t // 2)
+        for c in cutlass.range_constexpr(2):
+            if cutlass.const_expr(self.fp4):
+                hi = words[c] >> 4
+                for j in cutlass.range_constexpr(4):
+                    a[h, 4 * c + j] = fp4_convert.scaled_pair(words[c], hi, s2, j)
+            else:
+                w = words[c] ^ int4_convert.SIGN_FLIP
+                hi = w >> 4
+                for j in cutlass.range_constexpr(4):
+                    a[h, 4 * c + j] = int4_convert.scaled_pair(w, hi, s2, j)
 
     @cute.jit
     def load_weights(self, kb: Int32, stage: Int32, kb_stride: Int64, a_src: list, a_dst: list, a_ok: list,
@@ -481,9 +608,15 @@ class GroupedGemm:
                 src.append(w_ptr + cute.assume(row * Int64(k // 2) + Int64(c * 16), divby=16))
             else:
                 src.append(w_ptr + cute.assume((first + Int64(p)) * INT4_BLOCK_BYTES + Int64(c * 16), divby=16))
-            dst.append(r * (INT4_ROW_BYTES * self.kps) + c * 16)
+            dst.append((c // INT4_CHUNKS) * (self.bm * INT4_ROW_BYTES) + r * INT4_ROW_BYTES + (c % INT4_CHUNKS) * 16)
             ok.append(p < m)
         return src, dst, ok
+
+    def packed_k_block(self, sq_ptr: cute.Pointer, stage: Int32, sub: cutlass.Constexpr) -> cute.Pointer:
+        """k-block ``sub`` of packed-ring slot ``stage``: ``bm`` rows of 32 bytes (the ring is
+        k-block major, so that the 4 or 8 rows one access phase reads are 128 contiguous bytes)."""
+        return sq_ptr + cute.assume(stage * (self.bm * INT4_ROW_BYTES * self.kps) + sub * (self.bm * INT4_ROW_BYTES),
+                                    divby=16)
 
     def fp4_source_row(self, p: Int32, m: Int32) -> Int32:
         """The checkpoint row behind prepared row ``p`` (cute_moe.layouts.fc1_source_rows): the
@@ -528,8 +661,7 @@ class GroupedGemm:
         16 packed bytes) -> 4 chunks of 8 bf16. MXINT4: one scale per unit, ``bf16(q * s)``
         (cute_moe.kernels.int4_convert); NVFP4: word ``c`` of the unit takes ue4m3 scale
         ``2h + c // 2`` of the row's word, ``e2m1 * ue4m3`` exactly (cute_moe.kernels.fp4_convert)."""
-        row_bytes = INT4_ROW_BYTES * self.kps
-        raw = sq_ptr + cute.assume(stage * (self.bm * row_bytes) + sub * INT4_ROW_BYTES, divby=16)
+        raw = self.packed_k_block(sq_ptr, stage, sub)
         # the scales of a row and k-block (2 bf16 or 4 ue4m3) are one 32-bit word
         scale_words = cute.make_tensor(
             cute.recast_ptr(ss_ptr + stage * (self.bm * self.scales_per_kb * self.kps), dtype=Int32),
@@ -541,7 +673,7 @@ class GroupedGemm:
             r = u // INT4_SCALES_PER_KB
             h = u % INT4_SCALES_PER_KB
             words = cute.make_rmem_tensor(words_per_unit, Int32)
-            src = cute.recast_ptr(raw + cute.assume(r * row_bytes + h * 16, divby=16), dtype=Int32)
+            src = cute.recast_ptr(raw + cute.assume(r * INT4_ROW_BYTES + h * 16, divby=16), dtype=Int32)
             cute.autovec_copy(cute.make_tensor(src, cute.make_layout(words_per_unit)), words)
             four = scale_words[sub, r]
             if cutlass.const_expr(self.fp4):

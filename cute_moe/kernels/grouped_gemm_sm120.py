@@ -218,12 +218,12 @@ class BlockScaledGroupedGemm(GroupedGemm):
                     ss_ptr: cute.Pointer):
         """The warp's atoms over k-block ``sub`` of ring slot ``stage`` (fragments: module docstring)."""
         rb = self.row_bytes
-        a_words = cute.recast_ptr(sq_ptr + stage * (self.bm * rb) + sub * INT4_ROW_BYTES, dtype=Int32)
+        a_words = cute.recast_ptr(self.packed_k_block(sq_ptr, stage, sub), dtype=Int32)
         b_words = cute.recast_ptr(st_ptr + stage * (self.bn * rb) + sub * INT4_ROW_BYTES, dtype=Int32)
         sfa_words = cute.recast_ptr(ss_ptr + stage * (self.bm * self.tok_scale_bytes) + sub * SCALE_WORD, dtype=Int32)
         sfb_words = cute.recast_ptr(sts_ptr + stage * (self.bn * self.tok_scale_bytes) + sub * SCALE_WORD,
                                     dtype=Int32)
-        a_view = cute.make_tensor(a_words, cute.make_layout(self.bm * rb // 4))
+        a_view = cute.make_tensor(a_words, cute.make_layout(self.bm * INT4_ROW_BYTES // 4))
         b_view = cute.make_tensor(b_words, cute.make_layout(self.bn * rb // 4))
         sfa = cute.make_tensor(sfa_words, cute.make_layout(self.bm * self.kps))
         sfb = cute.make_tensor(sfb_words, cute.make_layout(self.bn * self.kps))
@@ -233,7 +233,7 @@ class BlockScaledGroupedGemm(GroupedGemm):
             r0 = wrow + mi * MMA_M
             for reg in cutlass.range_constexpr(4):
                 r, byte = a_fragment(lane, reg)
-                a_frag[mi, reg] = a_view[((r0 + r) * rb + byte) // 4]
+                a_frag[mi, reg] = a_view[((r0 + r) * INT4_ROW_BYTES + byte) // 4]
             a_frag[mi, 4] = sfa[(r0 + sfa_row(lane)) * self.kps]
         for ni in cutlass.range_constexpr(self.atoms_n):
             n0 = wcol + ni * MMA_N

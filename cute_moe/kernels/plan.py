@@ -218,17 +218,21 @@ class PlanSingleCta:
     def __call__(self, ids_ptr: cute.Pointer, counts_ptr: cute.Pointer, offsets_ptr: cute.Pointer,
                  e2p_ptr: cute.Pointer, p2e_ptr: cute.Pointer, tile_info_ptr: cute.Pointer,
                  counters_ptr: cute.Pointer, num_pairs: Int32, expert_offset: Int32, num_local: Int32,
-                 tile_rows: Int32, max_rows: Int32, max_tiles: Int32, stream: cuda.CUstream):
+                 tile_rows: Int32, max_rows: Int32, max_tiles: Int32, use_pdl: Int32, stream: cuda.CUstream):
+        """``use_pdl``: launch as a programmatic dependent of the routing kernel (which lets it
+        launch at its start): the plan waits for the ids at its start, then lets FC1 launch."""
         plan = _plan_tensors(num_pairs, num_local, max_rows, max_tiles, counts_ptr, offsets_ptr,
                              e2p_ptr, p2e_ptr, tile_info_ptr, counters_ptr)
         self.kernel(cute.make_tensor(ids_ptr, cute.make_layout(num_pairs)), *plan, num_pairs,
                     expert_offset, num_local, tile_rows).launch(
-            grid=[1, 1, 1], block=[THREADS, 1, 1], stream=stream)
+            grid=[1, 1, 1], block=[THREADS, 1, 1], stream=stream, use_pdl=use_pdl)
 
     @cute.kernel
     def kernel(self, topk_ids: cute.Tensor, expert_counts: cute.Tensor, expert_offsets: cute.Tensor,
                e2p: cute.Tensor, p2e: cute.Tensor, tile_info: cute.Tensor, counters: cute.Tensor,
                num_pairs: Int32, expert_offset: Int32, num_local: Int32, tile_rows: Int32):
+        cute.arch.griddepcontrol_wait()  # the routed ids (a no-op without a programmatic launch)
+        cute.arch.griddepcontrol_launch_dependents()  # FC1 waits for this grid at its own start
         tid = cute.arch.thread_idx()[0]
         smem = cutlass.memory.SmemAllocator()
         s_count = smem.allocate_tensor(Int32, cute.make_layout(MAX_LOCAL_EXPERTS), 16)
@@ -361,7 +365,7 @@ def _i32():
 
 
 def single_cta_example_args():
-    return (_i32(), _i32(), _i32(), _i32(), _i32(), _i32(), _i32(), 1, 0, 1, 1, 1, 1, runtime.fake_stream())
+    return (_i32(), _i32(), _i32(), _i32(), _i32(), _i32(), _i32(), 1, 0, 1, 1, 1, 1, 0, runtime.fake_stream())
 
 
 def count_example_args():

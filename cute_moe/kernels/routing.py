@@ -146,6 +146,8 @@ class RouteTopk:
     @cute.kernel
     def kernel(self, logits: cute.Tensor, bias: cute.Tensor, ids: cute.Tensor, weights: cute.Tensor,
                replay: cute.Tensor, num_tokens: Int32, routed_scaling_factor: Float32):
+        # the plan may launch now and wait for this grid at its start (programmatic launch)
+        cute.arch.griddepcontrol_launch_dependents()
         tid = cute.arch.thread_idx()[0]
         lane = tid % WARP
         t = cute.arch.block_idx()[0] * WARPS_PER_CTA + tid // WARP

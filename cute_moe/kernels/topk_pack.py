@@ -75,6 +75,7 @@ class UnpackTopk:
 
     @cute.kernel
     def kernel(self, packed: cute.Tensor, ids: cute.Tensor, wbits: cute.Tensor, n: cutlass.Int32):
+        cute.arch.griddepcontrol_launch_dependents()  # the plan may launch (it waits for this grid)
         i = cute.arch.block_idx()[0] * _THREADS + cute.arch.thread_idx()[0]
         if i < n:
             p = packed[i]

@@ -1,9 +1,14 @@
-"""Prints, as JSON, where the DSL's description of SM120's block-scaled m16n8k64 MMA
-(``MmaMXF4NVF4Op``) puts every (lane, value) of A, B, C, SFA and SFB: run with
-``CUTE_DSL_ARCH=sm_120a`` (the op exists for that arch only). tests/test_grouped_gemm.py compares
-the tables with the fragment functions of cute_moe/kernels/grouped_gemm_sm120.py."""
+"""Prints, as JSON, where the DSL's description of a warp MMA puts every (lane, value) of its
+operands; tests/test_grouped_gemm.py compares the tables with the fragment functions the kernels
+load and store with.
+
+* ``python mma_layouts.py fp4`` (``CUTE_DSL_ARCH=sm_120a``: the op exists for that arch only):
+  SM120's block-scaled m16n8k64 MMA (``MmaMXF4NVF4Op``): A, B, C, SFA and SFB;
+* ``python mma_layouts.py bf16``: the m16n8k16 bf16 MMA of every arch (``MmaF16BF16Op``): A, B, C.
+"""
 
 import json
+import sys
 
 import cutlass
 import cutlass.cute as cute
@@ -19,7 +24,7 @@ def _table(layout, threads, values, rows):
 
 
 @cute.jit
-def describe():
+def describe_fp4():
     op = cute.nvgpu.warp.MmaMXF4NVF4Op(cutlass.Float4E2M1FN, cutlass.Float32, cutlass.Float8E4M3FN)
     atom = cute.make_mma_atom(op)
     tiled = cute.make_tiled_mma(op, cute.make_layout((1, 1, 1)), permutation_mnk=(16, 8, 64))
@@ -30,6 +35,14 @@ def describe():
     TABLES["SFB"] = _table(helpers.get_layoutSFB_TV(tiled), 32, 64, 8)
 
 
+@cute.jit
+def describe_bf16():
+    atom = cute.make_mma_atom(cute.nvgpu.warp.MmaF16BF16Op(cutlass.BFloat16, cutlass.Float32, (16, 8, 16)))
+    TABLES["A"] = _table(atom.tv_layout_A, 32, 8, 16)  # (m, k), 8 values: 4 registers of 2
+    TABLES["B"] = _table(atom.tv_layout_B, 32, 4, 8)  # (n, k)
+    TABLES["C"] = _table(atom.tv_layout_C, 32, 4, 16)  # (m, n)
+
+
 if __name__ == "__main__":
-    describe()
+    {"fp4": describe_fp4, "bf16": describe_bf16}[sys.argv[1]]()
     print(json.dumps(TABLES))
