@@ -10,7 +10,7 @@ made from the expected routed rows per local expert, ``rows = T * top_k / L``:
 * the FC1 / FC2 tiles: ``TILES[arch][(variant, bn)]``.
 
 ``CUTE_MOE_GEMM_VARIANT=micro|static|dynamic|wgmma`` or the ``variant`` argument forces the variant
-(``wgmma``: sm_90a and bf16 weights only; MXINT4 weights use the warp-MMA table on every arch).
+(``wgmma``: sm_90a, bf16 or MXINT4 weights).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .kernels.gemm_config import VARIANTS, GemmConfig, TileConfig
+from .kernels.gemm_config import VARIANTS, WGMMA_WEIGHT_KINDS, GemmConfig, TileConfig
 
 ENV_VARIANT = "CUTE_MOE_GEMM_VARIANT"
 DEFAULT_ARCH = "sm_90a"
@@ -51,7 +51,7 @@ _SM90_VARIANT_BY_ROWS: Tuple[Tuple[float, str], ...] = (
     (float("inf"), "wgmma"),
 )
 # Arches without the warpgroup MMA use the warp-MMA family at every size (4-bit weights: their
-# own tables below, on every arch; the wgmma instantiation takes bf16 weights).
+# own tables below, on every arch; NVFP4 never takes the wgmma instantiation).
 _WARP_VARIANT_BY_ROWS: Tuple[Tuple[float, str], ...] = (
     (4.0, "micro"),
     (float("inf"), "dynamic"),
@@ -74,6 +74,26 @@ _INT4_VARIANT_BY_ROWS: Tuple[Tuple[float, str], ...] = (
     (64.0, "static"),
     (float("inf"), "dynamic"),
 )
+# SM90: the wgmma instantiation dequantizes MXINT4 into shared memory for its warpgroup MMA
+# (grouped_gemm_sm90.py). Same H100 session, forced variants (us):
+#
+#   rows/expert  shape                   micro    static   wgmma    dynamic
+#   8 (T=128)    qwen3-30b-a3b mxint4    192.7    232.1    319.0    -
+#   8 (T=64)     kimi-k2, 64 experts     775.8    759.1    1042.8   -
+#   16 (T=256)   qwen3-30b-a3b mxint4    228.9    225.2    312.1    -
+#   16 (T=128)   kimi-k2, 64 experts     910.7    895.7    1145.7   -
+#   32 (T=512)   qwen3-30b-a3b mxint4    -        366.0    300.9    378.9
+#   32 (T=256)   kimi-k2, 64 experts     1471.6   1602.4   1217.6   -
+#   64 (T=512)   kimi-k2, 64 experts     -        2157.7   1745.9   2606.7
+#   256 (T=4096) qwen3-30b-a3b mxint4    -        1528.8   953.6    1414.5
+#   512 (T=4096) kimi-k2, 64 experts     -        12904.9  6964.2   10155.1
+_SM90_INT4_VARIANT_BY_ROWS: Tuple[Tuple[float, str], ...] = (
+    (8.0, "micro"),
+    (16.0, "static"),
+    (float("inf"), "wgmma"),
+)
+INT4_VARIANT_BY_ROWS: Dict[str, Tuple[Tuple[float, str], ...]] = {
+    "sm_90a": _SM90_INT4_VARIANT_BY_ROWS, "sm_100a": _INT4_VARIANT_BY_ROWS, "sm_120a": _INT4_VARIANT_BY_ROWS}
 # NVFP4 experts (b12x, W4A16 dequantizing in the kernel), H100, end to end (us, graph replay):
 #
 #   rows/expert  shape                    micro 64x8/16  static 128x32  dynamic 128x32
@@ -206,11 +226,11 @@ def select_config(*, num_tokens: int, top_k: int, hidden_size: int, intermediate
     del hidden_size, intermediate_size  # tiles handle every supported H, I
     arch = _arch(device, arch)
     rows = max(int(num_tokens), 1) * int(top_k) / max(int(local_num_experts), 1)
-    table = {"bf16": VARIANT_BY_ROWS[arch], "mxint4": _INT4_VARIANT_BY_ROWS,
+    table = {"bf16": VARIANT_BY_ROWS[arch], "mxint4": INT4_VARIANT_BY_ROWS[arch],
              "nvfp4": _FP4_VARIANT_BY_ROWS}.get(weight_kind, _WARP_VARIANT_BY_ROWS)
     chosen = forced_variant(variant) or _first(table, rows)
-    if chosen == "wgmma" and (arch != "sm_90a" or weight_kind != "bf16"):
-        raise ValueError(f"variant 'wgmma' runs bf16 weights on sm_90a, got {weight_kind} weights on {arch}")
+    if chosen == "wgmma" and (arch != "sm_90a" or weight_kind not in WGMMA_WEIGHT_KINDS):
+        raise ValueError(f"variant 'wgmma' runs bf16 or mxint4 weights on sm_90a, got {weight_kind} weights on {arch}")
     bn = _first(BN_BY_ROWS[chosen], rows)
     tiles = _SM120_FP4_TILES if (arch, weight_kind) == ("sm_120a", "nvfp4") else TILES[arch]
     fc1, fc2, ctas, pdl = tiles[(chosen, bn)]

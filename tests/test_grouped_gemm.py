@@ -146,6 +146,14 @@ WGMMA_VARIANTS = [
     ("wgmma_fc1_128x64_relu2", lambda: WgmmaGroupedGemm("fc1", TileConfig(128, 64, 8, 1, 6, "wgmma"), "persistent",
                                                         activation=RELU2)),
     ("wgmma_fc2_128x128", lambda: WgmmaGroupedGemm("fc2", TileConfig(128, 128, 8, 1, 4, "wgmma"), "persistent")),
+    # MXINT4: the producer cp.asyncs packed rows and scales, the MMA warpgroups dequantize
+    ("wgmma_int4_fc1_256x128_swiglu_lora_oss", lambda: WgmmaGroupedGemm(
+        "fc1", TileConfig(256, 128, 8, 1, 4, "wgmma"), "persistent", has_lora=True, has_alpha=True, has_beta=True,
+        has_clamp=True, weight_format="mxint4")),
+    ("wgmma_int4_fc1_128x64_relu2", lambda: WgmmaGroupedGemm("fc1", TileConfig(128, 64, 8, 1, 4, "wgmma"),
+                                                             "persistent", activation=RELU2, weight_format="mxint4")),
+    ("wgmma_int4_fc2_256x64", lambda: WgmmaGroupedGemm("fc2", TileConfig(256, 64, 8, 1, 4, "wgmma"), "persistent",
+                                                       weight_format="mxint4")),
 ]
 WGMMA_PTX_NEEDLES = ["wgmma.mma_async.sync.aligned.m64n", "wgmma.commit_group", "wgmma.wait_group",
                      "setmaxnreg.inc.sync.aligned.u32 \t232", "setmaxnreg.dec.sync.aligned.u32 \t40",
@@ -160,10 +168,15 @@ WGMMA_PTX_NEEDLES = ["wgmma.mma_async.sync.aligned.m64n", "wgmma.commit_group", 
 def test_wgmma_variant_compiles_for_sm90(name, make):
     import cutlass.cute as cute
 
-    compiled = cute.compile(make(), *example_args("bf16"),
+    kernel = make()
+    compiled = cute.compile(kernel, *example_args(kernel.weight_format),
                             options=f"--gpu-arch sm_90a --keep-ptx --keep-cubin --dump-dir {runtime._dump_dir()}")
     ptx = compiled.artifacts.PTX
-    for needle in WGMMA_PTX_NEEDLES:
+    # MXINT4: cp.async of packed rows and scales instead of the weights' TMA box, the dequantized
+    # k-block stored by the MMA warpgroups and synced on a warpgroup's named barrier
+    needles = [n for n in WGMMA_PTX_NEEDLES if not n.startswith("cp.async.bulk.tensor")] + \
+        ["cp.async.ca.shared.global", "lop3.b32", "st.shared.v4", ", 128;"] if kernel.packed else WGMMA_PTX_NEEDLES
+    for needle in needles:
         assert needle in ptx, f"{name}: '{needle}' missing from the PTX"
     assert "mma.sync" not in ptx and ".local" not in ptx
     res = cubin_resources(compiled.artifacts.CUBIN)
@@ -171,28 +184,31 @@ def test_wgmma_variant_compiles_for_sm90(name, make):
     assert res["regs"] <= 168  # 384 threads on one SM before setmaxnreg redistributes
 
 
-def test_wgmma_is_sm90_bf16_only():
+def test_wgmma_is_sm90_bf16_or_mxint4_only():
     from cute_moe.gemm import fc1_kernel_key, gemm_kernel
 
     tile = TileConfig(128, 128, 8, 1, 4, "wgmma")
-    for arch, kind in (("sm_100a", "bf16"), ("sm_120a", "bf16"), ("sm_90a", "mxint4")):
+    for arch, kind in (("sm_100a", "bf16"), ("sm_120a", "bf16"), ("sm_100a", "mxint4"), ("sm_90a", "nvfp4")):
         with pytest.raises(ValueError, match="(?i)wgmma"):
             gemm_kernel(fc1_kernel_key(tile, "wgmma", SWIGLU, weight_kind=kind), arch)
         with pytest.raises(ValueError, match="(?i)wgmma"):
             select_config(num_tokens=4096, top_k=8, hidden_size=2048, intermediate_size=768, local_num_experts=128,
                           arch=arch, weight_kind=kind, variant="wgmma")
     with pytest.raises(ValueError, match="(?i)wgmma"):
-        WgmmaGroupedGemm("fc1", tile, "persistent", weight_format="mxint4")
+        WgmmaGroupedGemm("fc1", tile, "persistent", weight_format="nvfp4")
+    with pytest.raises(ValueError, match="bn > 16"):
+        WgmmaGroupedGemm("fc1", TileConfig(128, 16, 8, 1, 4, "wgmma"), "persistent", weight_format="mxint4")
     with pytest.raises(ValueError, match="(?i)wgmma"):
         WgmmaGroupedGemm("fc1", TileConfig(128, 128, 2, 2, 3), "persistent")
     with pytest.raises(ValueError, match="(?i)wgmma"):
         TileConfig(64, 128, 8, 1, 3, "wgmma")  # two warpgroups need 128 or 256 weight rows
     with pytest.raises(ValueError, match="takes"):
         GemmConfig("dynamic", tile, tile)
-    # MXINT4 and other arches never get wgmma from the selector
+    # other arches and NVFP4 never get wgmma from the selector
     kw = dict(num_tokens=16384, top_k=8, hidden_size=2048, intermediate_size=768, local_num_experts=128)
     assert select_config(arch="sm_90a", **kw).variant == "wgmma"
-    assert select_config(arch="sm_90a", weight_kind="mxint4", **kw).variant == "dynamic"
+    assert select_config(arch="sm_90a", weight_kind="mxint4", **kw).variant == "wgmma"
+    assert select_config(arch="sm_100a", weight_kind="mxint4", **kw).variant == "dynamic"
     assert select_config(arch="sm_120a", **kw).variant == "dynamic"
     assert select_config(arch="sm_90a", weight_kind="nvfp4", **kw).variant == "dynamic"
     with pytest.raises(ValueError, match="(?i)wgmma"):
@@ -209,13 +225,15 @@ def test_nvfp4_selector_keeps_decode_tiles_together():
 
 
 def test_mxint4_selector_keeps_decode_tiles_together():
-    """MXINT4 experts: micro up to 8 routed rows per expert, the tiles-fastest grid up to 64
-    (measured: Kimi-K2 shape, 64 experts, T = 64: 733 us micro against 892 persistent; T = 512:
-    2196 static against 2604)."""
+    """MXINT4 experts: micro up to 8 routed rows per expert, then the tiles-fastest grid (up to 64
+    rows, the persistent grid above), on SM90 the wgmma instantiation above 16 rows (measured:
+    Kimi-K2 shape, 64 experts, T = 64: 733 us micro against 892 persistent; T = 256: 1218 wgmma
+    against 1602 static)."""
     kw = dict(top_k=8, hidden_size=7168, intermediate_size=2048, local_num_experts=64, weight_kind="mxint4")
     for arch in ("sm_90a", "sm_100a", "sm_120a"):
         assert [select_config(num_tokens=t, arch=arch, **kw).variant for t in (1, 64, 128, 512, 1024)] == \
-            ["micro", "micro", "static", "static", "dynamic"]
+            ["micro", "micro", "static", "wgmma" if arch == "sm_90a" else "static",
+             "wgmma" if arch == "sm_90a" else "dynamic"]
 
 
 def test_cubin_reader_rejects_a_cubin_without_register_counts():
@@ -267,8 +285,7 @@ def test_every_table_tile_fits_its_arch(arch):
     for (variant, bn), (fc1, fc2, ctas, pdl) in TILES[arch].items():
         assert fc1.bn == fc2.bn == bn
         assert fc1.fits(arch) and fc2.fits(arch), f"{variant} bn={bn} does not fit {arch}"
-        if variant != "wgmma":  # bf16 weights only
-            assert fc1.fits(arch, int4=True) and fc2.fits(arch, int4=True), f"{variant} bn={bn} int4 exceeds {arch}"
+        assert fc1.fits(arch, int4=True) and fc2.fits(arch, int4=True), f"{variant} bn={bn} int4 exceeds {arch}"
         assert GemmConfig(variant, fc1, fc2, ctas, pdl).tile_rows == bn
 
 
@@ -379,7 +396,10 @@ CASES = [
     *[Case("relu2", 16, 2, t, activation=RELU2) for t in (3, 1000)],
     Case("relu2", 16, 2, 200, activation=RELU2, variant="micro"),
     # MXINT4: scales of several 128-row tiles and experts, every variant, the FC1 epilogue options
-    *[Case("qwen3", 64, 8, t, int4=True, variant=v) for t in (1, 200, 1000) for v in ("micro", "static", "dynamic")],
+    *[Case("qwen3", 64, 8, t, int4=True, variant=v) for t in (1, 200, 1000)
+      for v in ("micro", "static", "dynamic", "wgmma")],
+    Case("qwen3", 16, 8, 700, int4=True, routing="hot", variant="wgmma"),
+    Case("qwen3", 64, 8, 300, int4=True, lora=True, oss=(True, True, True), variant="wgmma"),
     *[Case("dsv3", 256, 8, t, local=16, offset=32, int4=True) for t in (1, 64, 1000)],
     Case("qwen3", 64, 8, 128, int4=True, lora=True, oss=(True, True, True)),
     Case("qwen3", 128, 8, 1000, routing="hot", int4=True),

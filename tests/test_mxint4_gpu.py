@@ -18,6 +18,7 @@ import cute_moe
 from cute_moe import reference
 from cute_moe.enums import RoutingMethodType as RM
 from cute_moe.integrations import vllm
+from cute_moe.kernels import runtime
 from cute_moe.layouts import pack_uint4b8, unpack_int4
 from cute_moe.prepare import prepare_mxint4_moe_weights, prepare_static_weights_for_trtllm_mxint4_moe, quantize_mxint4
 from cute_moe.routing_ref import ambiguous_tokens, pack_topk_reference
@@ -164,9 +165,11 @@ def test_mxint4_routed_return_table(swiglu, lora, do_finalize, record_error):
         compare(final, final_ref, record_error)
 
 
-@pytest.mark.parametrize("variant", ["micro", "static", "dynamic"])
+@pytest.mark.parametrize("variant", ["micro", "static", "dynamic", "wgmma"])
 @pytest.mark.parametrize("tokens", [1, 128, 1000])
 def test_mxint4_every_variant_forced(variant, tokens, record_error):
+    if variant == "wgmma" and runtime.arch_of_device() != "sm_90a":
+        pytest.skip("the wgmma instantiation runs on SM90")
     out, ref = _routed(Case(2048, 768, 32, 8), tokens, False, gemm_variant=variant)
     compare(out[0], ref[0], record_error)
 

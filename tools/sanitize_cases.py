@@ -71,7 +71,7 @@ def main() -> int:
         x = torch.randn(t, hi, device=dev).to(torch.bfloat16)
         ids, weights = cute_moe.route(torch.randn(t, e, device=dev), None, k, RM.Renormalize)
         packed = pack_topk(ids, weights)
-        for variant in ("micro", "static", "dynamic"):  # register and shared-memory dequantization
+        for variant in ("micro", "static", "dynamic", "wgmma"):  # register, shared-memory, wgmma dequantization
             cases.append((f"mxint4 T={t} {variant}", lambda x=x, p=packed, v=variant:
                           cute_moe.trtllm_mxint4_block_scale_routed_moe(
                               p, x, m1, m1s, None, None, None, m2, m2s, e, k, None, None, ii, 0, e, None,

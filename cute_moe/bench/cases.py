@@ -13,7 +13,7 @@ from ..prepare import prepare_bf16_moe_weights
 from .peers import GroupedMmPipeline, PerExpertLoop
 from .presets import MoeShape
 
-GEMM_VARIANTS = ("micro", "static", "dynamic", "wgmma")  # wgmma: SM90, bf16 weights
+GEMM_VARIANTS = ("micro", "static", "dynamic", "wgmma")  # wgmma: SM90, bf16 and MXINT4 weights
 
 
 @dataclass
@@ -134,7 +134,7 @@ def implementations(weights: PresetWeights, variants: bool) -> Dict[str, Callabl
     forced = (None,) + (GEMM_VARIANTS if variants else ())
     for variant in forced:
         suffix = "" if variant is None else f"[{variant}]"
-        if weights.mxint4 is not None and variant != "wgmma":
+        if weights.mxint4 is not None:
             q = weights.mxint4
             impls["cute_mxint4" + suffix] = lambda s, v=variant: moe.trtllm_mxint4_block_scale_moe(
                 s.logits, s.bias, s.hidden, q["gemm1_weights"], q["gemm1_weights_scale"],

@@ -16,7 +16,7 @@ Variants (all one kernel template; cute_moe/kernels/grouped_gemm.py):
 * ``dynamic``: persistent CTAs (``ctas_per_sm`` per SM) striding over the (tile, m-block) work
   list in groups of ``RASTER_TILES`` tiles, all m-blocks of a group before the next group.
 
-* ``wgmma`` (SM90, bf16 weights): the persistent schedule of ``dynamic`` on the TMA + WGMMA
+* ``wgmma`` (SM90, bf16 or MXINT4 weights): the persistent schedule of ``dynamic`` on the TMA + WGMMA
   warp-specialized instantiation (cute_moe/kernels/grouped_gemm_sm90.py), ``mma = "wgmma"`` tiles.
 
 Every CTA reads ``num_tiles`` on the device and skips tiles past it.
@@ -55,8 +55,10 @@ MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync.aligned.m16n8k16 bf16 -> f32
 # WGMMA tiles (SM90, cute_moe.kernels.grouped_gemm_sm90): one producer warpgroup (TMA for the
 # weights, cp.async for the token rows) and MMA warpgroups of 64 weight rows each.
 MMA_KINDS = ("warp", "wgmma")
+WGMMA_WEIGHT_KINDS = ("bf16", "mxint4")  # weight formats of the wgmma instantiation
 WGMMA_M = 64  # weight rows of one warpgroup's wgmma.mma_async
 WGMMA_EPILOGUE_ROWS = 128
+WGMMA_INT4_A_SLOTS = 2  # dequantized bf16 k-blocks of a wgmma tile with MXINT4 weights
 PRODUCER_THREADS = 128
 BARRIER_BYTES = 128  # the ring's mbarriers, after the operand and epilogue buffers
 SHUFFLE_BLOCK = 32  # prepared rows are shuffled inside blocks of 32 (epilogue tile 128)
@@ -156,8 +158,9 @@ class TileConfig:
         """4-bit weights: with one warp along N each weight row is read by exactly one warp, which
         dequantizes it straight into its MMA A fragments (no bf16 slot in shared memory, one
         barrier per ring stage); a wider warp grid dequantizes each k-block once per CTA into
-        shared memory, where every warp of the row reads it (docs/gemm_notes.md, MXINT4)."""
-        return self.warps_n == 1
+        shared memory, where every warp of the row reads it (docs/gemm_notes.md, MXINT4). A
+        wgmma tile reads A from shared memory: its MMA warpgroups dequantize there."""
+        return self.warps_n == 1 and self.mma == "warp"
 
     @property
     def int4_a_slots(self) -> int:
@@ -205,9 +208,17 @@ class TileConfig:
             return BARRIER_BYTES + self.stages * self.stage_bytes + self.epilogue_bytes
         return max(self.stages * self.stage_bytes, self.epilogue_bytes)
 
+    @property
+    def wgmma_int4_smem_bytes(self) -> int:
+        """A wgmma tile with MXINT4 weights: the packed-weight, scale and token rings, two bf16
+        A slots the MMA warpgroups dequantize into (one wgmma group stays in flight), the
+        epilogue tile apart."""
+        ring = self.stages * (self.bm * INT4_ROW_BYTES + self.bm * 2 * INT4_SCALES_PER_KB + self.bn * BK * 2)
+        return BARRIER_BYTES + WGMMA_INT4_A_SLOTS * self.bm * BK * 2 + ring + self.epilogue_bytes
+
     def fits(self, arch: str, int4: bool = False) -> bool:
-        if self.mma == "wgmma" and (arch != "sm_90a" or int4):
-            return False
+        if self.mma == "wgmma":
+            return arch == "sm_90a" and (self.wgmma_int4_smem_bytes if int4 else self.smem_bytes) <= SMEM_LIMIT
         limit = SMEM_LIMIT_SM120 if arch == "sm_120a" else SMEM_LIMIT
         return (self.int4_smem_layout().total if int4 else self.smem_bytes) <= limit
 

@@ -183,14 +183,10 @@ class GroupedGemm:
             # per thread and stage: packed 16-byte chunks (row-major over rows x 2*kps chunks),
             # scale pieces (up to 4 adjacent scales of one row), dequantized words per k-block
             self.row_chunks = INT4_CHUNKS * self.kps
-            if (self.bm * self.row_chunks) % self.threads or self.threads % self.row_chunks:
-                raise ValueError(f"int4 weights: {self.bm} rows x {self.row_chunks} chunks do not split over "
-                                 f"{self.threads} threads")
-            self.packed_loads = self.bm * self.row_chunks // self.threads
             self.reg_dequant = tile.dequant_in_registers
             self.piece_scales = min(4, self.scales_per_kb * self.kps)  # one 4-column group at most
             self.row_pieces = self.scales_per_kb * self.kps // self.piece_scales
-            self.scale_loads = (self.bm * self.row_pieces + self.threads - 1) // self.threads
+            self.set_loader_threads(self.threads)
             # shared-memory dequantization unit: one row's 32-value scale group of a k-block (16
             # packed bytes)
             if not self.reg_dequant and (self.bm * INT4_SCALES_PER_KB) % self.threads:
@@ -199,6 +195,16 @@ class GroupedGemm:
             self.dequant_units = self.bm * INT4_SCALES_PER_KB // self.threads
             self.a_slots = tile.int4_a_slots
             self.smem = tile.int4_smem_layout()
+
+    def set_loader_threads(self, threads: int):
+        """4-bit weights: ``threads`` threads (numbered from 0) cp.async the packed rows and scales
+        (the MMA threads here; the producer warpgroup of the SM90 instantiation)."""
+        if (self.bm * self.row_chunks) % threads or threads % self.row_chunks:
+            raise ValueError(f"int4 weights: {self.bm} rows x {self.row_chunks} chunks do not split over "
+                             f"{threads} threads")
+        self.loader_threads = threads
+        self.packed_loads = self.bm * self.row_chunks // threads
+        self.scale_loads = (self.bm * self.row_pieces + threads - 1) // threads
 
     def set_epilogue_rows(self, rows: int):
         """The epilogue tile ``sC`` holds ``rows`` weight rows (all ``bm`` here; the SM90
@@ -601,7 +607,7 @@ class GroupedGemm:
         first = Int64(expert) * Int64(k // INT4_BLOCK_K) * Int64(m)
         src, dst, ok = [], [], []
         for i in range(self.packed_loads):
-            r = tidx // self.row_chunks + i * (self.threads // self.row_chunks)
+            r = tidx // self.row_chunks + i * (self.loader_threads // self.row_chunks)
             p = mb * self.bm + r
             if cutlass.const_expr(self.fp4):
                 row = Int64(expert) * Int64(m) + Int64(self.fp4_source_row(p, m))
@@ -639,7 +645,7 @@ class GroupedGemm:
         first = Int64(expert) * Int64(rp) * Int64(cp)
         src, dst, ok = [], [], []
         for i in range(self.scale_loads):
-            item = tidx + i * self.threads
+            item = tidx + i * self.loader_threads
             r = item // self.row_pieces
             piece = item % self.row_pieces
             p = mb * self.bm + r
@@ -667,35 +673,39 @@ class GroupedGemm:
             cute.recast_ptr(ss_ptr + stage * (self.bm * self.scales_per_kb * self.kps), dtype=Int32),
             cute.make_layout((self.kps, self.bm), stride=(1, self.kps)))
         sa_words = cute.recast_ptr(sa_ptr + slot * (self.bm * BK), dtype=Int32)
-        words_per_unit = INT4_GROUP // INT4_PER_WORD
         for j in cutlass.range_constexpr(self.dequant_units):
             u = tidx + j * self.threads
-            r = u // INT4_SCALES_PER_KB
-            h = u % INT4_SCALES_PER_KB
-            words = cute.make_rmem_tensor(words_per_unit, Int32)
-            src = cute.recast_ptr(raw + cute.assume(r * INT4_ROW_BYTES + h * 16, divby=16), dtype=Int32)
-            cute.autovec_copy(cute.make_tensor(src, cute.make_layout(words_per_unit)), words)
-            four = scale_words[sub, r]
+            self.dequantize_unit(u // INT4_SCALES_PER_KB, u % INT4_SCALES_PER_KB, raw, scale_words[sub, u // INT4_SCALES_PER_KB],
+                                 sa_words)
+
+    @cute.jit
+    def dequantize_unit(self, r: Int32, h: Int32, raw: cute.Pointer, four: Int32, sa_words: cute.Pointer):
+        """Half ``h`` of row ``r`` of a packed k-block (16 bytes at ``raw``, k-block major), with
+        the row's scale word ``four`` -> 4 swizzled 16-byte bf16 chunks of row ``r`` at ``sa_words``."""
+        words_per_unit = INT4_GROUP // INT4_PER_WORD
+        words = cute.make_rmem_tensor(words_per_unit, Int32)
+        src = cute.recast_ptr(raw + cute.assume(r * INT4_ROW_BYTES + h * 16, divby=16), dtype=Int32)
+        cute.autovec_copy(cute.make_tensor(src, cute.make_layout(words_per_unit)), words)
+        if cutlass.const_expr(self.fp4):
+            # bytes 2h, 2h + 1 of the word scale the two 16-value blocks of this half
+            half = four >> (16 * h)
+            s2_fp4 = [fp4_convert.scale_pair(half, 0), fp4_convert.scale_pair(half, 1)]
+        else:
+            s2 = int4_convert.scale_pair(four, h)
+        for c in cutlass.range_constexpr(words_per_unit):
+            out = cute.make_rmem_tensor(CHUNK // 2, Int32)
             if cutlass.const_expr(self.fp4):
-                # bytes 2h, 2h + 1 of the word scale the two 16-value blocks of this half
-                half = four >> (16 * h)
-                s2_fp4 = [fp4_convert.scale_pair(half, 0), fp4_convert.scale_pair(half, 1)]
+                hi = words[c] >> 4
+                for p in cutlass.range_constexpr(CHUNK // 2):
+                    out[p] = fp4_convert.scaled_pair(words[c], hi, s2_fp4[c // 2], p)
             else:
-                s2 = int4_convert.scale_pair(four, h)
-            for c in cutlass.range_constexpr(words_per_unit):
-                out = cute.make_rmem_tensor(CHUNK // 2, Int32)
-                if cutlass.const_expr(self.fp4):
-                    hi = words[c] >> 4
-                    for p in cutlass.range_constexpr(CHUNK // 2):
-                        out[p] = fp4_convert.scaled_pair(words[c], hi, s2_fp4[c // 2], p)
-                else:
-                    w = words[c] ^ int4_convert.SIGN_FLIP
-                    hi = w >> 4
-                    for p in cutlass.range_constexpr(CHUNK // 2):
-                        out[p] = int4_convert.scaled_pair(w, hi, s2, p)
-                chunk = h * words_per_unit + c
-                dst = sa_words + cute.assume((r * BK + (chunk ^ (r % 8)) * CHUNK) // 2, divby=4)
-                cute.autovec_copy(out, cute.make_tensor(dst, cute.make_layout(CHUNK // 2)))
+                w = words[c] ^ int4_convert.SIGN_FLIP
+                hi = w >> 4
+                for p in cutlass.range_constexpr(CHUNK // 2):
+                    out[p] = int4_convert.scaled_pair(w, hi, s2, p)
+            chunk = h * words_per_unit + c
+            dst = sa_words + cute.assume((r * BK + (chunk ^ (r % 8)) * CHUNK) // 2, divby=4)
+            cute.autovec_copy(out, cute.make_tensor(dst, cute.make_layout(CHUNK // 2)))
 
     @cute.jit
     def load_tokens(self, ks: Int32, stage: Int32, g2s: cute.CopyAtom, vec: cute.Layout, b_src: list, b_dst: list,

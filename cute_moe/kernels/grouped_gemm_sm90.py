@@ -21,6 +21,12 @@ Warp roles (``cta_threads = 128 + 128 * warpgroups``):
   epilogue (un-shuffle, activation, LoRA, bf16 stores of valid rows) runs on the consumer
   threads, while the producer already fills the ring for the next work item.
 
+MXINT4 weights (``weight_format="mxint4"``): the producer cp.asyncs the packed rows and scale
+words of each k-block with the template's loader (``load_weights``) into a packed and a scale
+ring, next to the token rows; each MMA warpgroup dequantizes its own rows into one of two bf16 A
+slots in the wgmma layout (``dequantize_warpgroup``), fences them for the async proxy and syncs
+its 128 threads before its wgmmas.
+
 Schedule: persistent CTAs over ``num_tiles * m_blocks`` items (``num_tiles`` read on the device,
 CUDA-graph safe), rastered like the warp-MMA persistent schedule (grouped_gemm.raster).
 """
@@ -34,10 +40,11 @@ import cutlass.memory
 import cutlass.utils
 import cutlass.utils.hopper_helpers as sm90_utils
 import cuda.bindings.driver as cuda
-from cutlass import BFloat16, Float32, Int32
+from cutlass import BFloat16, Float32, Int32, Int64, Uint8
 
-from .gemm_config import BK, PRODUCER_THREADS, SMEM_LIMIT, WGMMA_M, TileConfig, c_row_stride
-from .grouped_gemm import CHUNK, CHUNKS_PER_ROW, SMEM_ALIGN, GroupedGemm, raster
+from .gemm_config import (BK, INT4_ROW_BYTES, INT4_SCALES_PER_KB, PRODUCER_THREADS, SMEM_LIMIT, WGMMA_INT4_A_SLOTS,
+                          WGMMA_M, TileConfig, c_row_stride)
+from .grouped_gemm import CHUNK, CHUNKS_PER_ROW, INT4_BLOCK_BYTES, SMEM_ALIGN, GroupedGemm, raster
 
 PRODUCER_REGS = 40  # the producer computes addresses only
 # Registers per MMA thread after setmaxnreg, by MMA warpgroups: two (384 threads, one CTA per SM,
@@ -46,20 +53,22 @@ PRODUCER_REGS = 40  # the producer computes addresses only
 MMA_REGS = {2: 232, 1: 216}
 CTAS_PER_SM = {2: 1, 1: 2}
 EPILOGUE_BARRIER = 1  # named barrier of the MMA threads (0 is sync_threads)
+DEQUANT_BARRIER = 2  # MXINT4: + warpgroup, the named barrier of one MMA warpgroup
+WARPGROUP = 128
 
 
 class WgmmaGroupedGemm(GroupedGemm):
-    """``GroupedGemm`` with a TMA + WGMMA warp-specialized mainloop (SM90 only, bf16 weights).
-    Same constructor and launch arguments; ``tile.mma`` must be "wgmma"."""
+    """``GroupedGemm`` with a TMA + WGMMA warp-specialized mainloop (SM90 only, bf16 or MXINT4
+    weights). Same constructor and launch arguments; ``tile.mma`` must be "wgmma"."""
 
     def __init__(self, op: str, tile: TileConfig, schedule: str, *args, weight_format: str = "bf16", **kwargs):
         if tile.mma != "wgmma":
             raise ValueError(f"WgmmaGroupedGemm takes a wgmma tile, got {tile}")
-        if weight_format != "bf16":
+        if weight_format not in ("bf16", "mxint4"):
             raise ValueError(f"WgmmaGroupedGemm: {weight_format} weights run on the warp-MMA family")
         if schedule != "persistent":
             raise ValueError(f"WgmmaGroupedGemm: the schedule is persistent, got {schedule!r}")
-        super().__init__(op, tile, schedule, *args, **kwargs)
+        super().__init__(op, tile, schedule, *args, weight_format=weight_format, **kwargs)
         self.cta_threads = tile.cta_threads
         self.warpgroups = tile.threads // 128
         self.mma_regs = MMA_REGS[self.warpgroups]
@@ -76,8 +85,16 @@ class WgmmaGroupedGemm(GroupedGemm):
         if self.bn * CHUNKS_PER_ROW % PRODUCER_THREADS:
             raise ValueError(f"wgmma tile: bn = {self.bn} token rows do not split over the producer warpgroup")
         self.a_bytes = self.bm * BK * 2
-        if tile.smem_bytes > SMEM_LIMIT:
-            raise ValueError(f"tile {tile} needs {tile.smem_bytes} bytes of shared memory (> {SMEM_LIMIT})")
+        smem = tile.wgmma_int4_smem_bytes if self.packed else tile.smem_bytes
+        if smem > SMEM_LIMIT:
+            raise ValueError(f"tile {tile} needs {smem} bytes of shared memory (> {SMEM_LIMIT})")
+        if self.packed:
+            # MXINT4: the producer cp.asyncs packed rows and scales (one k-block per slot); each MMA
+            # warpgroup dequantizes its own rows, wg_units units of 32 values per thread
+            if self.kps != 1:
+                raise ValueError(f"wgmma tile {tile}: MXINT4 takes bn > 16 (one k-block per ring slot)")
+            self.set_loader_threads(PRODUCER_THREADS)
+            self.wg_units = self.bm // self.warpgroups * INT4_SCALES_PER_KB // WARPGROUP
 
     # ------------------------------------------------------------------ host side (jit)
 
@@ -88,10 +105,12 @@ class WgmmaGroupedGemm(GroupedGemm):
                  beta_ptr: cute.Pointer, clamp_ptr: cute.Pointer, out_scale_ptr: cute.Pointer, m: Int32, k: Int32,
                  n_out: Int32, top_k: Int32, num_experts: Int32, max_tiles: Int32, num_ctas: Int32, use_pdl: Int32,
                  stream: cuda.CUstream):
-        """Arguments as GroupedGemm.__call__ (``scale_ptr`` unused)."""
+        """Arguments as GroupedGemm.__call__ (``scale_ptr``: MXINT4 only)."""
         major = cutlass.utils.LayoutEnum.ROW_MAJOR  # both operands K-major
         tiler = (self.bm, self.bn, BK)
-        a_layout = sm90_utils.make_smem_layout_a(major, tiler, BFloat16, self.stages)
+        # MXINT4: two bf16 slots that the MMA warpgroups dequantize into (the same 128-byte swizzle)
+        a_slots = WGMMA_INT4_A_SLOTS if cutlass.const_expr(self.packed) else self.stages
+        a_layout = sm90_utils.make_smem_layout_a(major, tiler, BFloat16, a_slots)
         b_layout = sm90_utils.make_smem_layout_b(major, tiler, BFloat16, self.stages)
         tiled_mma = sm90_utils.make_trivial_tiled_mma(
             BFloat16, BFloat16, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
@@ -99,29 +118,35 @@ class WgmmaGroupedGemm(GroupedGemm):
         # The prepared weights [L, K/64, M, 64] as (M, (64, K/64), L): one k-block of an m-block is
         # the TMA box (bm, 64), bm rows of 128 contiguous bytes
         k_blocks = k // BK
-        weights = cute.make_tensor(w_ptr, cute.make_layout((m, (BK, k_blocks), num_experts),
-                                                           stride=(BK, (1, m * BK), m * k)))
-        tma_atom, tma_weights = cute.nvgpu.cpasync.make_tiled_tma_atom(
-            cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp(), weights, cute.slice_(a_layout, (None, None, 0)),
-            (self.bm, BK))
+        tma_atom, tma_weights = None, None  # MXINT4: the producer threads cp.async the packed rows
+        if cutlass.const_expr(not self.packed):
+            weights = cute.make_tensor(w_ptr, cute.make_layout((m, (BK, k_blocks), num_experts),
+                                                               stride=(BK, (1, m * BK), m * k)))
+            tma_atom, tma_weights = cute.nvgpu.cpasync.make_tiled_tma_atom(
+                cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp(), weights, cute.slice_(a_layout, (None, None, 0)),
+                (self.bm, BK))
 
         tile_info, counters, p2e, alpha, beta, clamp, out_scale = self.plan_views(
             tile_info_ptr, counters_ptr, p2e_ptr, alpha_ptr, beta_ptr, clamp_ptr, out_scale_ptr, max_tiles,
             num_experts)
 
         stages, c_floats = self.stages, self.bn * c_row_stride(self.epi_bm)
+        q_bytes = stages * self.bm * INT4_ROW_BYTES if cutlass.const_expr(self.packed) else 16
+        s_values = stages * self.bm * INT4_SCALES_PER_KB if cutlass.const_expr(self.packed) else 8
 
         @cute.struct
         class Storage:
             sA: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(a_layout)], SMEM_ALIGN]
             sB: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(b_layout)], SMEM_ALIGN]
             sC: cute.struct.Align[cute.struct.MemRange[Float32, c_floats], 16]
+            sQ: cute.struct.Align[cute.struct.MemRange[Uint8, q_bytes], 16]  # MXINT4: packed ring
+            sS: cute.struct.Align[cute.struct.MemRange[BFloat16, s_values], 16]  # MXINT4: scale ring
             full: cute.struct.MemRange[cutlass.Int64, stages]
             empty: cute.struct.MemRange[cutlass.Int64, stages]
 
         self.storage = Storage
-        self.kernel(tiled_mma, tma_atom, tma_weights, a_layout, b_layout, x_ptr, out_ptr, lora_ptr, p2e, tile_info,
-                    counters, alpha, beta, clamp, out_scale, m, k, n_out, top_k).launch(
+        self.kernel(tiled_mma, tma_atom, tma_weights, a_layout, b_layout, w_ptr, scale_ptr, x_ptr, out_ptr, lora_ptr,
+                    p2e, tile_info, counters, alpha, beta, clamp, out_scale, m, k, n_out, top_k).launch(
             grid=[num_ctas, 1, 1], block=[self.cta_threads, 1, 1], stream=stream, use_pdl=use_pdl,
             min_blocks_per_mp=self.min_ctas, preferred_smem_carveout=100)  # all of the SM's memory as shared
 
@@ -129,7 +154,8 @@ class WgmmaGroupedGemm(GroupedGemm):
 
     @cute.kernel
     def kernel(self, tiled_mma: cute.TiledMma, tma_atom: cute.CopyAtom, tma_weights: cute.Tensor,
-               a_layout: cute.ComposedLayout, b_layout: cute.ComposedLayout, x_ptr: cute.Pointer,
+               a_layout: cute.ComposedLayout, b_layout: cute.ComposedLayout, w_ptr: cute.Pointer,
+               scale_ptr: cute.Pointer, x_ptr: cute.Pointer,
                out_ptr: cute.Pointer, lora_ptr: cute.Pointer, p2e: cute.Tensor, tile_info: cute.Tensor,
                counters: cute.Tensor, alpha: cute.Tensor, beta: cute.Tensor, clamp: cute.Tensor,
                out_scale: cute.Tensor, m: Int32, k: Int32, n_out: Int32, top_k: Int32):
@@ -137,8 +163,9 @@ class WgmmaGroupedGemm(GroupedGemm):
         bx, _, _ = cute.arch.block_idx()
         num_ctas, _, _ = cute.arch.grid_dim()
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
-        if warp == 0:
-            cute.nvgpu.cpasync.prefetch_descriptor(tma_atom)
+        if cutlass.const_expr(not self.packed):
+            if warp == 0:
+                cute.nvgpu.cpasync.prefetch_descriptor(tma_atom)
 
         storage = cutlass.memory.SmemAllocator().allocate(self.storage)
         full = storage.full.data_ptr()
@@ -146,8 +173,9 @@ class WgmmaGroupedGemm(GroupedGemm):
         if warp == 0:
             with cute.arch.elect_one():
                 for s in cutlass.range_constexpr(self.stages):
-                    # full: the TMA thread's arrive (+ its bytes) and one cp.async arrive per producer thread
-                    cute.arch.mbarrier_init(full + s, 1 + PRODUCER_THREADS)
+                    # full: the TMA thread's arrive (+ its bytes) and one cp.async arrive per producer
+                    # thread (MXINT4: the cp.async arrives only)
+                    cute.arch.mbarrier_init(full + s, PRODUCER_THREADS + (0 if cutlass.const_expr(self.packed) else 1))
                     cute.arch.mbarrier_init(empty + s, self.threads)
         cute.arch.mbarrier_init_fence()
         cute.arch.sync_threads()
@@ -165,22 +193,28 @@ class WgmmaGroupedGemm(GroupedGemm):
         if warp < PRODUCER_THREADS // 32:
             cute.arch.setmaxregister_decrease(PRODUCER_REGS)
             self.produce(tidx, warp, bx, num_ctas, items, num_tiles, m_blocks, k_blocks, tma_atom, tma_weights, sA,
-                         storage.sB.data_ptr(), full, empty, x_ptr, p2e, tile_info, k, top_k)
+                         storage.sB.data_ptr(), full, empty, x_ptr, p2e, tile_info, m, k, top_k, w_ptr, scale_ptr,
+                         storage.sQ.data_ptr(), storage.sS.data_ptr())
         else:
             cute.arch.setmaxregister_increase(self.mma_regs)
             self.consume(tidx - PRODUCER_THREADS, bx, num_ctas, items, num_tiles, m_blocks, k_blocks, tiled_mma, sA,
                          sB, storage.sC.data_ptr(), full, empty, out_ptr, lora_ptr, p2e, tile_info, alpha, beta,
-                         clamp, out_scale, m, n_out)
+                         clamp, out_scale, m, n_out, storage.sA.data_ptr(), storage.sQ.data_ptr(),
+                         storage.sS.data_ptr())
 
     @cute.jit
     def produce(self, tidx: Int32, warp: Int32, bx: Int32, num_ctas: Int32, items: Int32, num_tiles: Int32,
                 m_blocks: Int32, k_blocks: Int32, tma_atom: cute.CopyAtom, tma_weights: cute.Tensor,
                 sA: cute.Tensor, sb_ptr: cute.Pointer, full: cute.Pointer, empty: cute.Pointer, x_ptr: cute.Pointer,
-                p2e: cute.Tensor, tile_info: cute.Tensor, k: Int32, top_k: Int32):
-        """Fill ring slot after ring slot: k-block ``kb`` of item ``w`` -> slot ``(count) % stages``."""
-        g_w = cute.local_tile(tma_weights, (self.bm, BK), (None, None, None))  # (bm, 64, m-block, k-block, L)
-        tAsA, tAgA = cute.nvgpu.cpasync.tma_partition(tma_atom, 0, cute.make_layout(1), cute.group_modes(sA, 0, 2),
-                                                      cute.group_modes(g_w, 0, 2))
+                p2e: cute.Tensor, tile_info: cute.Tensor, m: Int32, k: Int32, top_k: Int32, w_ptr: cute.Pointer,
+                scale_ptr: cute.Pointer, sq_ptr: cute.Pointer, ss_ptr: cute.Pointer):
+        """Fill ring slot after ring slot: k-block ``kb`` of item ``w`` -> slot ``(count) % stages``
+        (bf16 weights: one TMA box; MXINT4: every producer thread cp.asyncs its packed chunks and
+        scales with the template's loader)."""
+        if cutlass.const_expr(not self.packed):
+            g_w = cute.local_tile(tma_weights, (self.bm, BK), (None, None, None))  # (bm, 64, m-block, k-block, L)
+            tAsA, tAgA = cute.nvgpu.cpasync.tma_partition(tma_atom, 0, cute.make_layout(1),
+                                                          cute.group_modes(sA, 0, 2), cute.group_modes(g_w, 0, 2))
         g2s = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.GLOBAL),
                                   BFloat16, num_bits_per_copy=128)
         vec = cute.make_layout(CHUNK)
@@ -203,12 +237,20 @@ class WgmmaGroupedGemm(GroupedGemm):
                     src_row = cutlass.max(p2e[row0 + r], Int32(0)) // top_k
                 b_src.append(x_ptr + cute.assume(src_row * k + chunk * CHUNK, divby=CHUNK))
                 b_dst.append(cute.assume(r * BK + (chunk ^ (r % 8)) * CHUNK, divby=CHUNK))
+            if cutlass.const_expr(self.packed):
+                weights = (Int64(m) * INT4_BLOCK_BYTES,
+                           *self.packed_weight_sources(tidx, expert, mb, w_ptr, m, k),
+                           *self.packed_scale_sources(tidx, expert, mb, scale_ptr, m, k), sq_ptr, sq_ptr, ss_ptr)
             for kb in cutlass.range(k_blocks, unroll=1):
                 cute.arch.mbarrier_wait(empty + stage, phase)
-                if warp == 0:
-                    with cute.arch.elect_one():
-                        cute.arch.mbarrier_arrive_and_expect_tx(full + stage, self.a_bytes)
-                    cute.copy(tma_atom, tAgA[(None, mb, kb, expert)], tAsA[(None, stage)], tma_bar_ptr=full + stage)
+                if cutlass.const_expr(self.packed):
+                    self.load_weights(kb, stage, *weights)
+                else:
+                    if warp == 0:
+                        with cute.arch.elect_one():
+                            cute.arch.mbarrier_arrive_and_expect_tx(full + stage, self.a_bytes)
+                        cute.copy(tma_atom, tAgA[(None, mb, kb, expert)], tAsA[(None, stage)],
+                                  tma_bar_ptr=full + stage)
                 b_stage = stage * (self.bn * BK)
                 b_kb = cute.assume(kb * BK, divby=CHUNK)
                 for i in cutlass.range_constexpr(self.b_loads):
@@ -225,8 +267,13 @@ class WgmmaGroupedGemm(GroupedGemm):
                 k_blocks: Int32, tiled_mma: cute.TiledMma, sA: cute.Tensor, sB: cute.Tensor, sc_ptr: cute.Pointer,
                 full: cute.Pointer, empty: cute.Pointer, out_ptr: cute.Pointer, lora_ptr: cute.Pointer,
                 p2e: cute.Tensor, tile_info: cute.Tensor, alpha: cute.Tensor, beta: cute.Tensor,
-                clamp: cute.Tensor, out_scale: cute.Tensor, m: Int32, n_out: Int32):
-        """WGMMA over the ring, then the template's epilogue; ``tidx`` counts the MMA threads."""
+                clamp: cute.Tensor, out_scale: cute.Tensor, m: Int32, n_out: Int32, sa_ptr: cute.Pointer,
+                sq_ptr: cute.Pointer, ss_ptr: cute.Pointer):
+        """WGMMA over the ring, then the template's epilogue; ``tidx`` counts the MMA threads.
+        MXINT4: each warpgroup first dequantizes its rows of the slot's k-block into bf16 slot
+        ``a_slot`` (two alternate: the wgmma group that read a slot two k-blocks ago has retired
+        at this warpgroup's previous ``wait_group(1)``), fences them for the async proxy and
+        syncs its own 128 threads."""
         thr_mma = tiled_mma.get_slice(tidx)
         tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))
         tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sB))
@@ -241,18 +288,26 @@ class WgmmaGroupedGemm(GroupedGemm):
         tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
         stage = Int32(0)
         phase = Int32(0)
+        a_slot = Int32(0)
         for w in cutlass.range(bx, items, num_ctas, unroll=1):
             tile, mb = raster(w, num_tiles, m_blocks)
             acc.fill(0.0)
             prev = Int32(0)
             for kb in cutlass.range(k_blocks, unroll=1):
                 cute.arch.mbarrier_wait(full + stage, phase)
-                # the token rows arrived through cp.async (generic proxy); wgmma reads them through
-                # the async proxy
+                a_read = stage
+                if cutlass.const_expr(self.packed):
+                    self.dequantize_warpgroup(tidx % WARPGROUP, warpgroup, stage, a_slot, sq_ptr, ss_ptr, sa_ptr)
+                    a_read = a_slot
+                    a_slot = a_slot ^ 1
+                # the token rows arrived through cp.async (generic proxy), the dequantized weights
+                # were stored by this warpgroup: wgmma reads both through the async proxy
                 cute.arch.fence_proxy("async.shared", space="cta")
+                if cutlass.const_expr(self.packed):
+                    cute.arch.barrier(barrier_id=DEQUANT_BARRIER + warpgroup, number_of_threads=WARPGROUP)
                 cute.nvgpu.warpgroup.fence()
                 for kk in cutlass.range_constexpr(k_steps):
-                    cute.gemm(tiled_mma, acc, tCrA[(None, None, kk, stage)], tCrB[(None, None, kk, stage)], acc)
+                    cute.gemm(tiled_mma, acc, tCrA[(None, None, kk, a_read)], tCrB[(None, None, kk, stage)], acc)
                 cute.nvgpu.warpgroup.commit_group()
                 # the group of k-block kb - 1 has finished: its slot goes back to the producer
                 cute.nvgpu.warpgroup.wait_group(1)
@@ -282,6 +337,25 @@ class WgmmaGroupedGemm(GroupedGemm):
                 block = mb * self.passes + h
                 self.store_tile(tidx, sc_ptr, expert, row0, nrows, block, out_ptr, lora_ptr, p2e, alpha, beta, clamp,
                                 out_scale, m, n_out)
+
+    @cute.jit
+    def dequantize_warpgroup(self, tl: Int32, warpgroup: Int32, stage: Int32, a_slot: Int32, sq_ptr: cute.Pointer,
+                             ss_ptr: cute.Pointer, sa_ptr: cute.Pointer):
+        """MXINT4: the rows of MMA warpgroup ``warpgroup`` in the k-block of ring slot ``stage`` ->
+        bf16 slot ``a_slot`` (the wgmma layout: rows of 128 bytes, 128-byte swizzle). The
+        warpgroup owns rows ``j * rep + 64 * warpgroup + i`` (``rep = 64 * warpgroups``, ``i < 64``)
+        of every m-repeat ``j``; thread ``tl`` takes units ``tl + 128 * n`` (row ``u // 2``, half
+        ``u % 2``) of them."""
+        rep_rows = self.warpgroups * WGMMA_M
+        raw = self.packed_k_block(sq_ptr, stage, 0)
+        scale_words = cute.make_tensor(cute.recast_ptr(ss_ptr + stage * (self.bm * INT4_SCALES_PER_KB), dtype=Int32),
+                                       cute.make_layout(self.bm))
+        sa_words = cute.recast_ptr(sa_ptr + cute.assume(a_slot * (self.bm * BK), divby=self.bm * BK), dtype=Int32)
+        for n in cutlass.range_constexpr(self.wg_units):
+            u = tl + n * WARPGROUP
+            local = u // INT4_SCALES_PER_KB
+            r = (local // WGMMA_M) * rep_rows + warpgroup * WGMMA_M + local % WGMMA_M
+            self.dequantize_unit(r, u % INT4_SCALES_PER_KB, raw, scale_words[r], sa_words)
 
     @cute.jit
     def stage_rep(self, acc: cute.Tensor, tCsC: cute.Tensor, rep: cutlass.Constexpr):
