@@ -523,8 +523,9 @@ class GroupedGemm:
                     src = cute.recast_ptr(k_block + cute.assume(r * INT4_ROW_BYTES + 8 * t, divby=8), dtype=Int32)
                     cute.autovec_copy(cute.make_tensor(src, cute.make_layout(2)), words)
                     self.dequantize_pairs(words, scale_words[sub, r], t, a, h)
-                for kk in cutlass.range_constexpr(4):
+                for kk in cutlass.range_constexpr(BK // MMA_K):
                     for ni in cutlass.range_constexpr(n_tiles):
+                        # acc is the tiled MMA's ((2, 2), m_tiles, n_tiles) fragment, column-major
                         d = mma_bf16([a[register_a_pair(kk, reg)] for reg in range(4)],
                                      [b[ni, register_b_pair(kk, reg)] for reg in range(2)],
                                      [acc[i + 4 * (mi + m_tiles * ni)] for i in range(4)])
