@@ -19,7 +19,7 @@ Their padding follows cute_moe's own tile height, so index through the map.
 
 ``enable_pdl`` and ``tune_max_num_tokens`` only steer FlashInfer's launcher and autotuner; they are
 accepted and ignored. ``gemm_variant`` (keyword, cute_moe only) forces a grouped-GEMM variant
-(``"micro"``, ``"static"``, ``"dynamic"``, and on sm_90a with bf16 weights ``"wgmma"``); the
+(``"micro"``, ``"static"``, ``"dynamic"``, and on sm_90a with bf16 or MXINT4 weights ``"wgmma"``); the
 ``CUTE_MOE_GEMM_VARIANT`` environment variable does the same for every call.
 
 Every call validates its arguments before launching anything, never reads device memory on the
