@@ -676,8 +676,8 @@ class GroupedGemm:
         sa_words = cute.recast_ptr(sa_ptr + slot * (self.bm * BK), dtype=Int32)
         for j in cutlass.range_constexpr(self.dequant_units):
             u = tidx + j * self.threads
-            self.dequantize_unit(u // INT4_SCALES_PER_KB, u % INT4_SCALES_PER_KB, raw, scale_words[sub, u // INT4_SCALES_PER_KB],
-                                 sa_words)
+            r = u // INT4_SCALES_PER_KB
+            self.dequantize_unit(r, u % INT4_SCALES_PER_KB, raw, scale_words[sub, r], sa_words)
 
     @cute.jit
     def dequantize_unit(self, r: Int32, h: Int32, raw: cute.Pointer, four: Int32, sa_words: cute.Pointer):
