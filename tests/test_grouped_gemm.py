@@ -172,9 +172,10 @@ def test_wgmma_variant_compiles_for_sm90(name, make):
     compiled = cute.compile(kernel, *example_args(kernel.weight_format),
                             options=f"--gpu-arch sm_90a --keep-ptx --keep-cubin --dump-dir {runtime._dump_dir()}")
     ptx = compiled.artifacts.PTX
-    # MXINT4: cp.async of packed rows and scales instead of the weights' TMA box, the dequantized
-    # k-block stored by the MMA warpgroups and synced on a warpgroup's named barrier
-    needles = [n for n in WGMMA_PTX_NEEDLES if not n.startswith("cp.async.bulk.tensor")] + \
+    # MXINT4: a 5-D TMA box of packed rows (32-byte quarters of the 128-byte blocks), cp.async of
+    # the scales, the dequantized k-block stored by the MMA warpgroups and synced on a warpgroup's
+    # named barrier
+    needles = [n.replace(".4d.", ".5d.") for n in WGMMA_PTX_NEEDLES] + \
         ["cp.async.ca.shared.global", "lop3.b32", "st.shared.v4", ", 128;"] if kernel.packed else WGMMA_PTX_NEEDLES
     for needle in needles:
         assert needle in ptx, f"{name}: '{needle}' missing from the PTX"

@@ -563,30 +563,19 @@ class GroupedGemm:
             g2s16 = cute.make_copy_atom(
                 cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.GLOBAL), Uint8,
                 num_bits_per_copy=128)
-            g2s_s = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(), self.scale_dtype,
-                                        num_bits_per_copy=self.scale_dtype.width * self.piece_scales)
             # stage kb (here: the stage index) starts at k-block kb0 = kb * kps. MXINT4: quarter
-            # kb0 % 4 of 128-byte block kb0 // 4; NVFP4: bytes 32 * kb0 of the row. Its scales
-            # are columns scales_per_kb * kb0 .., in 4-column groups
+            # kb0 % 4 of 128-byte block kb0 // 4; NVFP4: bytes 32 * kb0 of the row
             kb0 = kb * self.kps
             q_kb = cute.assume(Int64(kb0 // 4) * kb_stride + Int64((kb0 % 4) * INT4_ROW_BYTES), divby=16)
             if cutlass.const_expr(self.fp4):
                 q_kb = cute.assume(Int64(kb0 * INT4_ROW_BYTES), divby=16)
-            c0 = kb0 * self.scales_per_kb
-            s_kb = cute.assume((c0 // 4) * (SCALE_TILE * 4) + c0 % 4, divby=self.piece_scales)
             q_stage = stage * (self.bm * INT4_ROW_BYTES * self.kps)
-            s_stage = stage * (self.bm * self.scales_per_kb * self.kps)
-            piece = cute.make_layout(self.piece_scales)
             for i in cutlass.range_constexpr(self.packed_loads):
                 if a_ok[i]:
                     cute.copy(g2s16, cute.make_tensor(a_src[i] + q_kb, cute.make_layout(16)),
                               cute.make_tensor(sq_ptr + cute.assume(q_stage + a_dst[i], divby=16),
                                                cute.make_layout(16)))
-            for i in cutlass.range_constexpr(self.scale_loads):
-                if s_ok[i]:
-                    cute.copy(g2s_s, cute.make_tensor(s_src[i] + s_kb, piece),
-                              cute.make_tensor(ss_ptr + cute.assume(s_stage + s_dst[i], divby=self.piece_scales),
-                                               piece))
+            self.load_scales(kb, stage, s_src, s_dst, s_ok, ss_ptr)
         else:
             g2s = cute.make_copy_atom(
                 cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.GLOBAL), BFloat16,
@@ -598,6 +587,21 @@ class GroupedGemm:
                 if a_ok[i]:
                     cute.copy(g2s, cute.make_tensor(a_src[i] + a_kb, vec),
                               cute.make_tensor(sa_ptr + cute.assume(a_stage + a_dst[i], divby=CHUNK), vec))
+
+    @cute.jit
+    def load_scales(self, kb: Int32, stage: Int32, s_src: list, s_dst: list, s_ok: list, ss_ptr: cute.Pointer):
+        """cp.async the block scales of stage ``kb`` (k-blocks ``kb * kps ..``: columns
+        ``scales_per_kb * kb * kps ..``, in 4-column groups) into scale-ring slot ``stage``."""
+        g2s_s = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(), self.scale_dtype,
+                                    num_bits_per_copy=self.scale_dtype.width * self.piece_scales)
+        c0 = kb * self.kps * self.scales_per_kb
+        s_kb = cute.assume((c0 // 4) * (SCALE_TILE * 4) + c0 % 4, divby=self.piece_scales)
+        s_stage = stage * (self.bm * self.scales_per_kb * self.kps)
+        piece = cute.make_layout(self.piece_scales)
+        for i in cutlass.range_constexpr(self.scale_loads):
+            if s_ok[i]:
+                cute.copy(g2s_s, cute.make_tensor(s_src[i] + s_kb, piece),
+                          cute.make_tensor(ss_ptr + cute.assume(s_stage + s_dst[i], divby=self.piece_scales), piece))
 
     def packed_weight_sources(self, tidx: Int32, expert: Int32, mb: Int32, w_ptr: cute.Pointer, m: Int32, k: Int32):
         """Packed rows at stage 0: thread ``tid`` copies 16-byte chunk ``tid % row_chunks`` of rows

@@ -21,11 +21,12 @@ Warp roles (``cta_threads = 128 + 128 * warpgroups``):
   epilogue (un-shuffle, activation, LoRA, bf16 stores of valid rows) runs on the consumer
   threads, while the producer already fills the ring for the next work item.
 
-MXINT4 weights (``weight_format="mxint4"``): the producer cp.asyncs the packed rows and scale
-words of each k-block with the template's loader (``load_weights``) into a packed and a scale
-ring, next to the token rows; each MMA warpgroup dequantizes its own rows into one of two bf16 A
-slots in the wgmma layout (``dequantize_warpgroup``), fences them for the async proxy and syncs
-its 128 threads before its wgmmas.
+MXINT4 weights (``weight_format="mxint4"``): the producer's TMA box is the k-block's packed rows
+(``bm`` rows of 32 bytes: quarter ``kb % 4`` of the 128-byte blocks ``kb // 4``, a 5-D view) into
+a packed ring, its threads cp.async the scale words (``load_scales``) next to the token rows; each
+MMA warpgroup dequantizes its own rows into one of two bf16 A slots in the wgmma layout
+(``dequantize_warpgroup``), fences them for the async proxy and syncs its 128 threads before its
+wgmmas.
 
 Schedule: persistent CTAs over ``num_tiles * m_blocks`` items (``num_tiles`` read on the device,
 CUDA-graph safe), rastered like the warp-MMA persistent schedule (grouped_gemm.raster).
@@ -40,10 +41,10 @@ import cutlass.memory
 import cutlass.utils
 import cutlass.utils.hopper_helpers as sm90_utils
 import cuda.bindings.driver as cuda
-from cutlass import BFloat16, Float32, Int32, Int64, Uint8
+from cutlass import BFloat16, Float32, Int32, Uint8
 
-from .gemm_config import (BK, INT4_ROW_BYTES, INT4_SCALES_PER_KB, PRODUCER_THREADS, SMEM_LIMIT, WGMMA_INT4_A_SLOTS,
-                          WGMMA_M, TileConfig, c_row_stride)
+from .gemm_config import (BK, INT4_BLOCK_K, INT4_ROW_BYTES, INT4_SCALES_PER_KB, PRODUCER_THREADS, SMEM_LIMIT,
+                          WGMMA_INT4_A_SLOTS, WGMMA_M, TileConfig, c_row_stride)
 from .grouped_gemm import CHUNK, CHUNKS_PER_ROW, INT4_BLOCK_BYTES, SMEM_ALIGN, GroupedGemm, raster
 
 PRODUCER_REGS = 40  # the producer computes addresses only
@@ -116,15 +117,22 @@ class WgmmaGroupedGemm(GroupedGemm):
             BFloat16, BFloat16, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
             Float32, (self.warpgroups, 1, 1), tiler_mn=(64, self.bn))
         # The prepared weights [L, K/64, M, 64] as (M, (64, K/64), L): one k-block of an m-block is
-        # the TMA box (bm, 64), bm rows of 128 contiguous bytes
+        # the TMA box (bm, 64), bm rows of 128 contiguous bytes. MXINT4 [L, K/256, M, 128 bytes] as
+        # (M, (32, (4, K/256)), L): k-block kb is quarter kb % 4 of 128-byte block kb // 4, the box
+        # (bm, 32) lands as bm rows of 32 bytes (the packed ring's k-block layout)
         k_blocks = k // BK
-        tma_atom, tma_weights = None, None  # MXINT4: the producer threads cp.async the packed rows
-        if cutlass.const_expr(not self.packed):
+        if cutlass.const_expr(self.packed):
+            blocks = k // INT4_BLOCK_K
+            weights = cute.make_tensor(w_ptr, cute.make_layout(
+                (m, (INT4_ROW_BYTES, (4, blocks)), num_experts),
+                stride=(INT4_BLOCK_BYTES, (1, (INT4_ROW_BYTES, m * INT4_BLOCK_BYTES)), blocks * m * INT4_BLOCK_BYTES)))
+            box_layout, box = self.packed_ring_layout(), (self.bm, INT4_ROW_BYTES)
+        else:
             weights = cute.make_tensor(w_ptr, cute.make_layout((m, (BK, k_blocks), num_experts),
                                                                stride=(BK, (1, m * BK), m * k)))
-            tma_atom, tma_weights = cute.nvgpu.cpasync.make_tiled_tma_atom(
-                cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp(), weights, cute.slice_(a_layout, (None, None, 0)),
-                (self.bm, BK))
+            box_layout, box = a_layout, (self.bm, BK)
+        tma_atom, tma_weights = cute.nvgpu.cpasync.make_tiled_tma_atom(
+            cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp(), weights, cute.slice_(box_layout, (None, None, 0)), box)
 
         tile_info, counters, p2e, alpha, beta, clamp, out_scale = self.plan_views(
             tile_info_ptr, counters_ptr, p2e_ptr, alpha_ptr, beta_ptr, clamp_ptr, out_scale_ptr, max_tiles,
@@ -139,7 +147,7 @@ class WgmmaGroupedGemm(GroupedGemm):
             sA: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(a_layout)], SMEM_ALIGN]
             sB: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(b_layout)], SMEM_ALIGN]
             sC: cute.struct.Align[cute.struct.MemRange[Float32, c_floats], 16]
-            sQ: cute.struct.Align[cute.struct.MemRange[Uint8, q_bytes], 16]  # MXINT4: packed ring
+            sQ: cute.struct.Align[cute.struct.MemRange[Uint8, q_bytes], SMEM_ALIGN]  # MXINT4: packed ring
             sS: cute.struct.Align[cute.struct.MemRange[BFloat16, s_values], 16]  # MXINT4: scale ring
             full: cute.struct.MemRange[cutlass.Int64, stages]
             empty: cute.struct.MemRange[cutlass.Int64, stages]
@@ -163,9 +171,8 @@ class WgmmaGroupedGemm(GroupedGemm):
         bx, _, _ = cute.arch.block_idx()
         num_ctas, _, _ = cute.arch.grid_dim()
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
-        if cutlass.const_expr(not self.packed):
-            if warp == 0:
-                cute.nvgpu.cpasync.prefetch_descriptor(tma_atom)
+        if warp == 0:
+            cute.nvgpu.cpasync.prefetch_descriptor(tma_atom)
 
         storage = cutlass.memory.SmemAllocator().allocate(self.storage)
         full = storage.full.data_ptr()
@@ -173,9 +180,8 @@ class WgmmaGroupedGemm(GroupedGemm):
         if warp == 0:
             with cute.arch.elect_one():
                 for s in cutlass.range_constexpr(self.stages):
-                    # full: the TMA thread's arrive (+ its bytes) and one cp.async arrive per producer
-                    # thread (MXINT4: the cp.async arrives only)
-                    cute.arch.mbarrier_init(full + s, PRODUCER_THREADS + (0 if cutlass.const_expr(self.packed) else 1))
+                    # full: the TMA thread's arrive (+ its bytes) and one cp.async arrive per producer thread
+                    cute.arch.mbarrier_init(full + s, 1 + PRODUCER_THREADS)
                     cute.arch.mbarrier_init(empty + s, self.threads)
         cute.arch.mbarrier_init_fence()
         cute.arch.sync_threads()
@@ -208,13 +214,16 @@ class WgmmaGroupedGemm(GroupedGemm):
                 sA: cute.Tensor, sb_ptr: cute.Pointer, full: cute.Pointer, empty: cute.Pointer, x_ptr: cute.Pointer,
                 p2e: cute.Tensor, tile_info: cute.Tensor, m: Int32, k: Int32, top_k: Int32, w_ptr: cute.Pointer,
                 scale_ptr: cute.Pointer, sq_ptr: cute.Pointer, ss_ptr: cute.Pointer):
-        """Fill ring slot after ring slot: k-block ``kb`` of item ``w`` -> slot ``(count) % stages``
-        (bf16 weights: one TMA box; MXINT4: every producer thread cp.asyncs its packed chunks and
-        scales with the template's loader)."""
-        if cutlass.const_expr(not self.packed):
-            g_w = cute.local_tile(tma_weights, (self.bm, BK), (None, None, None))  # (bm, 64, m-block, k-block, L)
-            tAsA, tAgA = cute.nvgpu.cpasync.tma_partition(tma_atom, 0, cute.make_layout(1),
-                                                          cute.group_modes(sA, 0, 2), cute.group_modes(g_w, 0, 2))
+        """Fill ring slot after ring slot: k-block ``kb`` of item ``w`` -> slot ``(count) % stages``:
+        one TMA box of weights (bf16: into ``sA``; MXINT4: the packed rows into the packed ring, the
+        scales by cp.async with the template's loader) and the token rows by cp.async."""
+        box_cols, box_bytes, s_box = BK, self.a_bytes, sA
+        if cutlass.const_expr(self.packed):
+            box_cols, box_bytes = INT4_ROW_BYTES, self.bm * INT4_ROW_BYTES
+            s_box = cute.make_tensor(sq_ptr, self.packed_ring_layout())
+        g_w = cute.local_tile(tma_weights, (self.bm, box_cols), (None, None, None))  # (bm, cols, m-block, k-block, L)
+        tAsA, tAgA = cute.nvgpu.cpasync.tma_partition(tma_atom, 0, cute.make_layout(1),
+                                                      cute.group_modes(s_box, 0, 2), cute.group_modes(g_w, 0, 2))
         g2s = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.GLOBAL),
                                   BFloat16, num_bits_per_copy=128)
         vec = cute.make_layout(CHUNK)
@@ -238,19 +247,15 @@ class WgmmaGroupedGemm(GroupedGemm):
                 b_src.append(x_ptr + cute.assume(src_row * k + chunk * CHUNK, divby=CHUNK))
                 b_dst.append(cute.assume(r * BK + (chunk ^ (r % 8)) * CHUNK, divby=CHUNK))
             if cutlass.const_expr(self.packed):
-                weights = (Int64(m) * INT4_BLOCK_BYTES,
-                           *self.packed_weight_sources(tidx, expert, mb, w_ptr, m, k),
-                           *self.packed_scale_sources(tidx, expert, mb, scale_ptr, m, k), sq_ptr, sq_ptr, ss_ptr)
+                s_src, s_dst, s_ok = self.packed_scale_sources(tidx, expert, mb, scale_ptr, m, k)
             for kb in cutlass.range(k_blocks, unroll=1):
                 cute.arch.mbarrier_wait(empty + stage, phase)
+                if warp == 0:
+                    with cute.arch.elect_one():
+                        cute.arch.mbarrier_arrive_and_expect_tx(full + stage, box_bytes)
+                    cute.copy(tma_atom, tAgA[(None, mb, kb, expert)], tAsA[(None, stage)], tma_bar_ptr=full + stage)
                 if cutlass.const_expr(self.packed):
-                    self.load_weights(kb, stage, *weights)
-                else:
-                    if warp == 0:
-                        with cute.arch.elect_one():
-                            cute.arch.mbarrier_arrive_and_expect_tx(full + stage, self.a_bytes)
-                        cute.copy(tma_atom, tAgA[(None, mb, kb, expert)], tAsA[(None, stage)],
-                                  tma_bar_ptr=full + stage)
+                    self.load_scales(kb, stage, s_src, s_dst, s_ok, ss_ptr)
                 b_stage = stage * (self.bn * BK)
                 b_kb = cute.assume(kb * BK, divby=CHUNK)
                 for i in cutlass.range_constexpr(self.b_loads):
@@ -337,6 +342,11 @@ class WgmmaGroupedGemm(GroupedGemm):
                 block = mb * self.passes + h
                 self.store_tile(tidx, sc_ptr, expert, row0, nrows, block, out_ptr, lora_ptr, p2e, alpha, beta, clamp,
                                 out_scale, m, n_out)
+
+    def packed_ring_layout(self) -> cute.Layout:
+        """MXINT4: the packed ring, (bm rows, 32 bytes, stages), one k-block per slot."""
+        return cute.make_layout((self.bm, INT4_ROW_BYTES, self.stages),
+                                stride=(INT4_ROW_BYTES, 1, self.bm * INT4_ROW_BYTES))
 
     @cute.jit
     def dequantize_warpgroup(self, tl: Int32, warpgroup: Int32, stage: Int32, a_slot: Int32, sq_ptr: cute.Pointer,
