@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from cute_moe.enums import ActivationType
 from cute_moe.kernels import runtime
-from cute_moe.kernels.gemm_config import GemmConfig, TileConfig
+from cute_moe.kernels.gemm_config import WGMMA_INT4_A_SLOTS, GemmConfig, TileConfig
 from cute_moe.kernels.grouped_gemm import GroupedGemm, example_args
 from cute_moe.kernels.grouped_gemm_sm90 import WgmmaGroupedGemm
 from cute_moe.select import ENV_VARIANT, TILES, select_config
@@ -183,6 +183,34 @@ def test_wgmma_variant_compiles_for_sm90(name, make):
     res = cubin_resources(compiled.artifacts.CUBIN)
     assert res["frame"] <= STACK_BUDGET_BYTES, f"{name}: {res['frame']} bytes of stack (spills)"
     assert res["regs"] <= 168  # 384 threads on one SM before setmaxnreg redistributes
+
+
+def test_wgmma_int4_a_slots_are_the_dequantized_layout():
+    """The MXINT4 wgmma dequantizes with the template's ``dequantize_unit``, which writes row ``r``
+    of slot ``s`` at element ``s * bm * 64 + r * 64`` under the 128-byte swizzle of byte addresses
+    (``_swizzle``: Swizzle<3,4,3>); the wgmma reads the slots through ``make_smem_layout_a``: the
+    two must be one layout."""
+    import cutlass
+    import cutlass.cute as cute
+    import cutlass.utils
+    import cutlass.utils.hopper_helpers as sm90_utils
+
+    found = {}
+
+    @cute.jit
+    def describe():
+        for bm, bn in ((256, 128), (256, 64), (128, 128)):
+            a = sm90_utils.make_smem_layout_a(cutlass.utils.LayoutEnum.ROW_MAJOR, (bm, bn, 64), cutlass.BFloat16,
+                                              WGMMA_INT4_A_SLOTS)
+            found[bm, bn] = (str(a.inner), [(r, k, s, cute.crd2idx((r, k, s), a.outer))
+                                            for r in range(0, bm, 5) for k in range(0, 64, 7)
+                                            for s in range(WGMMA_INT4_A_SLOTS)])
+
+    describe()
+    for (bm, _), (swizzle, points) in found.items():
+        assert swizzle == "S<3,4,3>"
+        for r, k, s, idx in points:
+            assert idx == s * bm * 64 + r * 64 + k, (bm, r, k, s, idx)
 
 
 def test_wgmma_is_sm90_bf16_or_mxint4_only():
