@@ -4,7 +4,9 @@ load and store with.
 
 * ``python mma_layouts.py fp4`` (``CUTE_DSL_ARCH=sm_120a``: the op exists for that arch only):
   SM120's block-scaled m16n8k64 MMA (``MmaMXF4NVF4Op``): A, B, C, SFA and SFB;
-* ``python mma_layouts.py bf16``: the m16n8k16 bf16 MMA of every arch (``MmaF16BF16Op``): A, B, C.
+* ``python mma_layouts.py bf16``: the m16n8k16 bf16 MMA of every arch (``MmaF16BF16Op``): A, B, C;
+* ``python mma_layouts.py wgmma`` (``CUTE_DSL_ARCH=sm_90a``): the weight rows each MMA warpgroup of
+  the SM90 instantiation's tiled wgmma reads from shared memory, per (warpgroups, bm).
 """
 
 import json
@@ -43,6 +45,20 @@ def describe_bf16():
     TABLES["C"] = _table(atom.tv_layout_C, 32, 4, 16)  # (m, n)
 
 
+@cute.jit
+def describe_wgmma():
+    import cutlass.utils.hopper_helpers as sm90_utils
+
+    for warpgroups, bm in ((2, 256), (2, 128), (1, 128)):
+        tiled = sm90_utils.make_trivial_tiled_mma(
+            cutlass.BFloat16, cutlass.BFloat16, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
+            cutlass.Float32, (warpgroups, 1, 1), tiler_mn=(64, 64))
+        rows = cute.make_identity_tensor((bm, 64))
+        TABLES[f"{warpgroups}x{bm}"] = [sorted({part[i][0] for i in range(cute.size(part))})
+                                        for part in (tiled.get_slice(128 * wg).partition_A(rows)
+                                                     for wg in range(warpgroups))]
+
+
 if __name__ == "__main__":
-    {"fp4": describe_fp4, "bf16": describe_bf16}[sys.argv[1]]()
+    {"fp4": describe_fp4, "bf16": describe_bf16, "wgmma": describe_wgmma}[sys.argv[1]]()
     print(json.dumps(TABLES))

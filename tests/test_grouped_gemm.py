@@ -213,6 +213,19 @@ def test_wgmma_int4_a_slots_are_the_dequantized_layout():
             assert idx == s * bm * 64 + r * 64 + k, (bm, r, k, s, idx)
 
 
+def test_wgmma_int4_dequantizes_the_rows_each_warpgroup_reads():
+    """Each MMA warpgroup dequantizes exactly the weight rows its wgmmas read (no warpgroup waits
+    for another's stores): ``warpgroup_row`` against the DSL's partition of the tiled wgmma."""
+    from cute_moe.kernels.grouped_gemm_sm90 import warpgroup_row
+
+    tables = mma_layout_tables("wgmma", "sm_90a")
+    assert len(tables) == 3
+    for name, per_warpgroup in tables.items():
+        warpgroups, bm = map(int, name.split("x"))
+        for wg, rows in enumerate(per_warpgroup):
+            assert rows == sorted(warpgroup_row(wg, i, warpgroups) for i in range(bm // warpgroups)), (name, wg)
+
+
 def test_wgmma_is_sm90_bf16_or_mxint4_only():
     from cute_moe.gemm import fc1_kernel_key, gemm_kernel
 

@@ -58,6 +58,14 @@ DEQUANT_BARRIER = 2  # MXINT4: + warpgroup, the named barrier of one MMA warpgro
 WARPGROUP = 128
 
 
+def warpgroup_row(warpgroup, local, warpgroups):
+    """Row ``local`` (``< bm / warpgroups``) of MMA warpgroup ``warpgroup``'s part of an m-block:
+    m-repeat ``j`` of the tiled wgmma covers rows ``[j * rep, (j+1) * rep)``, ``rep = 64 *
+    warpgroups``, 64 per warpgroup (checked against the DSL's partition by
+    tests/test_grouped_gemm.py)."""
+    return (local // WGMMA_M) * (warpgroups * WGMMA_M) + warpgroup * WGMMA_M + local % WGMMA_M
+
+
 class WgmmaGroupedGemm(GroupedGemm):
     """``GroupedGemm`` with a TMA + WGMMA warp-specialized mainloop (SM90 only, bf16 or MXINT4
     weights). Same constructor and launch arguments; ``tile.mma`` must be "wgmma"."""
@@ -352,19 +360,16 @@ class WgmmaGroupedGemm(GroupedGemm):
     def dequantize_warpgroup(self, tl: Int32, warpgroup: Int32, stage: Int32, a_slot: Int32, sq_ptr: cute.Pointer,
                              ss_ptr: cute.Pointer, sa_ptr: cute.Pointer):
         """MXINT4: the rows of MMA warpgroup ``warpgroup`` in the k-block of ring slot ``stage`` ->
-        bf16 slot ``a_slot`` (the wgmma layout: rows of 128 bytes, 128-byte swizzle). The
-        warpgroup owns rows ``j * rep + 64 * warpgroup + i`` (``rep = 64 * warpgroups``, ``i < 64``)
-        of every m-repeat ``j``; thread ``tl`` takes units ``tl + 128 * n`` (row ``u // 2``, half
-        ``u % 2``) of them."""
-        rep_rows = self.warpgroups * WGMMA_M
+        bf16 slot ``a_slot`` (the wgmma layout: rows of 128 bytes, 128-byte swizzle). Thread ``tl``
+        takes units ``u = tl + 128 * n`` of the warpgroup's rows: half ``u % 2`` of its row
+        ``u // 2`` (``warpgroup_row``)."""
         raw = self.packed_k_block(sq_ptr, stage, 0)
         scale_words = cute.make_tensor(cute.recast_ptr(ss_ptr + stage * (self.bm * INT4_SCALES_PER_KB), dtype=Int32),
                                        cute.make_layout(self.bm))
         sa_words = cute.recast_ptr(sa_ptr + cute.assume(a_slot * (self.bm * BK), divby=self.bm * BK), dtype=Int32)
         for n in cutlass.range_constexpr(self.wg_units):
             u = tl + n * WARPGROUP
-            local = u // INT4_SCALES_PER_KB
-            r = (local // WGMMA_M) * rep_rows + warpgroup * WGMMA_M + local % WGMMA_M
+            r = warpgroup_row(warpgroup, u // INT4_SCALES_PER_KB, self.warpgroups)
             self.dequantize_unit(r, u % INT4_SCALES_PER_KB, raw, scale_words[r], sa_words)
 
     @cute.jit
