@@ -498,9 +498,7 @@ class GroupedGemm:
         m_tiles = self.bm // (warps_m * MMA_M)
         n_tiles = self.bn // MMA_N
         first_row = (tidx // 32) * MMA_M + g  # m-tile mi adds mi * warps_m * 16, its second row 8
-        scale_words = cute.make_tensor(
-            cute.recast_ptr(ss_ptr + stage * (self.bm * self.scales_per_kb * self.kps), dtype=Int32),
-            cute.make_layout((self.kps, self.bm), stride=(1, self.kps)))
+        scale_words = self.scale_words(ss_ptr, stage)
         for sub in cutlass.range_constexpr(self.kps):
             # token words: b[ni, 4c + j] is the bf16 pair k = 16t + 8c + 2j of token row 8 ni + g
             b = cute.make_rmem_tensor((n_tiles, 8), Int32)
@@ -543,15 +541,9 @@ class GroupedGemm:
         else:
             s2 = int4_convert.scale_pair(scale_word, t // 2)
         for c in cutlass.range_constexpr(2):
-            if cutlass.const_expr(self.fp4):
-                hi = words[c] >> 4
-                for j in cutlass.range_constexpr(4):
-                    a[h, 4 * c + j] = fp4_convert.scaled_pair(words[c], hi, s2, j)
-            else:
-                w = words[c] ^ int4_convert.SIGN_FLIP
-                hi = w >> 4
-                for j in cutlass.range_constexpr(4):
-                    a[h, 4 * c + j] = int4_convert.scaled_pair(w, hi, s2, j)
+            pairs = self.scaled_word(words[c], s2)
+            for j in cutlass.range_constexpr(4):
+                a[h, 4 * c + j] = pairs[j]
 
     @cute.jit
     def load_weights(self, kb: Int32, stage: Int32, kb_stride: Int64, a_src: list, a_dst: list, a_ok: list,
@@ -629,6 +621,24 @@ class GroupedGemm:
         return sq_ptr + cute.assume(stage * (self.bm * INT4_ROW_BYTES * self.kps) + sub * (self.bm * INT4_ROW_BYTES),
                                     divby=16)
 
+    def scale_words(self, ss_ptr: cute.Pointer, stage: Int32) -> cute.Tensor:
+        """Scale-ring slot ``stage`` as 32-bit words ``[sub, row]``: the scales of one row and
+        k-block (2 bf16 or 4 ue4m3) are one word."""
+        return cute.make_tensor(
+            cute.recast_ptr(ss_ptr + stage * (self.bm * self.scales_per_kb * self.kps), dtype=Int32),
+            cute.make_layout((self.kps, self.bm), stride=(1, self.kps)))
+
+    def scaled_word(self, word: Int32, s2: Int32) -> list:
+        """The 8 packed values of ``word`` (value ``v`` in bits ``4v``) times the scale pair ``s2``:
+        4 bf16x2 words, pair ``j`` = values ``2j, 2j + 1``. MXINT4 ``bf16(q * s)``
+        (cute_moe.kernels.int4_convert), NVFP4 ``e2m1 * ue4m3`` exactly (fp4_convert)."""
+        if self.fp4:
+            hi = word >> 4
+            return [fp4_convert.scaled_pair(word, hi, s2, j) for j in range(INT4_PER_WORD // 2)]
+        w = word ^ int4_convert.SIGN_FLIP
+        hi = w >> 4
+        return [int4_convert.scaled_pair(w, hi, s2, j) for j in range(INT4_PER_WORD // 2)]
+
     def fp4_source_row(self, p: Int32, m: Int32) -> Int32:
         """The checkpoint row behind prepared row ``p`` (cute_moe.layouts.fc1_source_rows): the
         32-row shuffle ``q = 32*(p//32) + 4*(p%8) + (p%32)//8``, then for a gated FC1 the
@@ -673,10 +683,7 @@ class GroupedGemm:
         (cute_moe.kernels.int4_convert); NVFP4: word ``c`` of the unit takes ue4m3 scale
         ``2h + c // 2`` of the row's word, ``e2m1 * ue4m3`` exactly (cute_moe.kernels.fp4_convert)."""
         raw = self.packed_k_block(sq_ptr, stage, sub)
-        # the scales of a row and k-block (2 bf16 or 4 ue4m3) are one 32-bit word
-        scale_words = cute.make_tensor(
-            cute.recast_ptr(ss_ptr + stage * (self.bm * self.scales_per_kb * self.kps), dtype=Int32),
-            cute.make_layout((self.kps, self.bm), stride=(1, self.kps)))
+        scale_words = self.scale_words(ss_ptr, stage)
         sa_words = cute.recast_ptr(sa_ptr + slot * (self.bm * BK), dtype=Int32)
         for j in cutlass.range_constexpr(self.dequant_units):
             u = tidx + j * self.threads
@@ -699,15 +706,9 @@ class GroupedGemm:
             s2 = int4_convert.scale_pair(four, h)
         for c in cutlass.range_constexpr(words_per_unit):
             out = cute.make_rmem_tensor(CHUNK // 2, Int32)
-            if cutlass.const_expr(self.fp4):
-                hi = words[c] >> 4
-                for p in cutlass.range_constexpr(CHUNK // 2):
-                    out[p] = fp4_convert.scaled_pair(words[c], hi, s2_fp4[c // 2], p)
-            else:
-                w = words[c] ^ int4_convert.SIGN_FLIP
-                hi = w >> 4
-                for p in cutlass.range_constexpr(CHUNK // 2):
-                    out[p] = int4_convert.scaled_pair(w, hi, s2, p)
+            pairs = self.scaled_word(words[c], s2_fp4[c // 2] if cutlass.const_expr(self.fp4) else s2)
+            for p in cutlass.range_constexpr(CHUNK // 2):
+                out[p] = pairs[p]
             chunk = h * words_per_unit + c
             dst = sa_words + cute.assume((r * BK + (chunk ^ (r % 8)) * CHUNK) // 2, divby=4)
             cute.autovec_copy(out, cute.make_tensor(dst, cute.make_layout(CHUNK // 2)))

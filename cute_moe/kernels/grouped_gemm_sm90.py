@@ -364,13 +364,12 @@ class WgmmaGroupedGemm(GroupedGemm):
         takes units ``u = tl + 128 * n`` of the warpgroup's rows: half ``u % 2`` of its row
         ``u // 2`` (``warpgroup_row``)."""
         raw = self.packed_k_block(sq_ptr, stage, 0)
-        scale_words = cute.make_tensor(cute.recast_ptr(ss_ptr + stage * (self.bm * INT4_SCALES_PER_KB), dtype=Int32),
-                                       cute.make_layout(self.bm))
+        scale_words = self.scale_words(ss_ptr, stage)
         sa_words = cute.recast_ptr(sa_ptr + cute.assume(a_slot * (self.bm * BK), divby=self.bm * BK), dtype=Int32)
         for n in cutlass.range_constexpr(self.wg_units):
             u = tl + n * WARPGROUP
             r = warpgroup_row(warpgroup, u // INT4_SCALES_PER_KB, self.warpgroups)
-            self.dequantize_unit(r, u % INT4_SCALES_PER_KB, raw, scale_words[r], sa_words)
+            self.dequantize_unit(r, u % INT4_SCALES_PER_KB, raw, scale_words[0, r], sa_words)
 
     @cute.jit
     def stage_rep(self, acc: cute.Tensor, tCsC: cute.Tensor, rep: cutlass.Constexpr):
