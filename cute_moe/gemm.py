@@ -35,8 +35,8 @@ import torch
 from . import validate
 from .enums import ActivationType
 from .kernels import runtime
-from .kernels.gemm_config import (INT4_SCALE_ALIGN, SCHEDULE_OF_VARIANT, WEIGHT_FORMATS, WGMMA_WEIGHT_KINDS, GemmConfig,
-                                  TileConfig)
+from .kernels.gemm_config import (INT4_SCALE_ALIGN, SCHEDULE_OF_VARIANT, WEIGHT_FORMATS, GemmConfig, TileConfig,
+                                  wgmma_runs)
 from .plan import MoePlan
 
 __all__ = ["grouped_gemm_fc1", "grouped_gemm_fc2", "launch_gemm", "warmup", "fc1_kernel_key", "fc2_kernel_key"]
@@ -252,7 +252,7 @@ def grouped_gemm_fc2(act: torch.Tensor, plan: MoePlan, gemm2_weights: torch.Tens
 def gemm_kernel(key: Tuple, arch: str):
     """The launcher of a grouped GEMM key, compiled or loaded on first use."""
     tile, rows, kind = key[2], key[-2], key[-1]
-    if tile.mma == "wgmma" and (arch != "sm_90a" or kind not in WGMMA_WEIGHT_KINDS):
+    if tile.mma == "wgmma" and not wgmma_runs(arch, kind):
         raise ValueError(f"the wgmma grouped GEMM runs bf16 or mxint4 weights on sm_90a, got {kind} weights on {arch}")
     if rows == "fp4" and (arch != BLOCK_SCALED_ARCH or kind != "nvfp4" or tile.mma != "warp"):
         raise ValueError(f"the block-scaled FP4 grouped GEMM runs NVFP4 weights on sm_120a, got {kind} weights on "

@@ -61,7 +61,7 @@ def model_kernels(*, hidden_size: int, intermediate_size: int, num_experts: int,
     from .kernels.topk_pack import unpack_kernel
     from .plan import PlanShape
     from .routing import RouteSpec, combine_kernel, plan_is_single_cta, plan_kernel
-    from .kernels.gemm_config import WGMMA_WEIGHT_KINDS
+    from .kernels.gemm_config import wgmma_runs
     from .select import select_config
 
     method = RoutingMethodType(int(routing_method))
@@ -93,7 +93,7 @@ def model_kernels(*, hidden_size: int, intermediate_size: int, num_experts: int,
     act = ActivationType(int(activation))
     for t in sorted(set(int(t) for t in tokens if int(t) > 0)):
         for variant in gemm_variants:
-            if variant == "wgmma" and (weights not in WGMMA_WEIGHT_KINDS or arch != "sm_90a"):
+            if variant == "wgmma" and not wgmma_runs(arch, weights):
                 continue  # the SM90 instantiation takes bf16 and MXINT4 weights
             config = select_config(num_tokens=t, top_k=top_k, hidden_size=hidden_size,
                                    intermediate_size=intermediate_size, local_num_experts=local,

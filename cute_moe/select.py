@@ -20,7 +20,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .kernels.gemm_config import VARIANTS, WGMMA_WEIGHT_KINDS, GemmConfig, TileConfig
+from .kernels.gemm_config import VARIANTS, GemmConfig, TileConfig, wgmma_runs
 
 ENV_VARIANT = "CUTE_MOE_GEMM_VARIANT"
 DEFAULT_ARCH = "sm_90a"
@@ -229,7 +229,7 @@ def select_config(*, num_tokens: int, top_k: int, hidden_size: int, intermediate
     table = {"bf16": VARIANT_BY_ROWS[arch], "mxint4": INT4_VARIANT_BY_ROWS[arch],
              "nvfp4": _FP4_VARIANT_BY_ROWS}.get(weight_kind, _WARP_VARIANT_BY_ROWS)
     chosen = forced_variant(variant) or _first(table, rows)
-    if chosen == "wgmma" and (arch != "sm_90a" or weight_kind not in WGMMA_WEIGHT_KINDS):
+    if chosen == "wgmma" and not wgmma_runs(arch, weight_kind):
         raise ValueError(f"variant 'wgmma' runs bf16 or mxint4 weights on sm_90a, got {weight_kind} weights on {arch}")
     bn = _first(BN_BY_ROWS[chosen], rows)
     tiles = _SM120_FP4_TILES if (arch, weight_kind) == ("sm_120a", "nvfp4") else TILES[arch]

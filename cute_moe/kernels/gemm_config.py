@@ -79,6 +79,11 @@ def c_row_stride(bm: int) -> int:
     return bm + 4
 
 
+def wgmma_runs(arch: str, weight_kind: str) -> bool:
+    """Whether the SM90 wgmma instantiation (variant ``wgmma``) takes ``weight_kind`` on ``arch``."""
+    return arch == "sm_90a" and weight_kind in WGMMA_WEIGHT_KINDS
+
+
 @dataclass(frozen=True)
 class Int4Smem:
     """Shared-memory byte offsets of a tile with MXINT4 weights (TileConfig.int4_smem_layout)."""

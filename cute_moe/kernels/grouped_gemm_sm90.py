@@ -44,7 +44,7 @@ import cuda.bindings.driver as cuda
 from cutlass import BFloat16, Float32, Int32, Uint8
 
 from .gemm_config import (BK, INT4_BLOCK_K, INT4_ROW_BYTES, INT4_SCALES_PER_KB, PRODUCER_THREADS, SMEM_LIMIT,
-                          WGMMA_INT4_A_SLOTS, WGMMA_M, TileConfig, c_row_stride)
+                          WGMMA_INT4_A_SLOTS, WGMMA_M, WGMMA_WEIGHT_KINDS, TileConfig, c_row_stride)
 from .grouped_gemm import CHUNK, CHUNKS_PER_ROW, INT4_BLOCK_BYTES, SMEM_ALIGN, GroupedGemm, raster
 
 PRODUCER_REGS = 40  # the producer computes addresses only
@@ -73,7 +73,7 @@ class WgmmaGroupedGemm(GroupedGemm):
     def __init__(self, op: str, tile: TileConfig, schedule: str, *args, weight_format: str = "bf16", **kwargs):
         if tile.mma != "wgmma":
             raise ValueError(f"WgmmaGroupedGemm takes a wgmma tile, got {tile}")
-        if weight_format not in ("bf16", "mxint4"):
+        if weight_format not in WGMMA_WEIGHT_KINDS:
             raise ValueError(f"WgmmaGroupedGemm: {weight_format} weights run on the warp-MMA family")
         if schedule != "persistent":
             raise ValueError(f"WgmmaGroupedGemm: the schedule is persistent, got {schedule!r}")
@@ -98,8 +98,8 @@ class WgmmaGroupedGemm(GroupedGemm):
         if smem > SMEM_LIMIT:
             raise ValueError(f"tile {tile} needs {smem} bytes of shared memory (> {SMEM_LIMIT})")
         if self.packed:
-            # MXINT4: the producer cp.asyncs packed rows and scales (one k-block per slot); each MMA
-            # warpgroup dequantizes its own rows, wg_units units of 32 values per thread
+            # MXINT4: one k-block per ring slot, its scales cp.async-ed by the producer warpgroup;
+            # each MMA warpgroup dequantizes its own rows, wg_units units of 32 values per thread
             if self.kps != 1:
                 raise ValueError(f"wgmma tile {tile}: MXINT4 takes bn > 16 (one k-block per ring slot)")
             self.set_loader_threads(PRODUCER_THREADS)
@@ -161,8 +161,8 @@ class WgmmaGroupedGemm(GroupedGemm):
             empty: cute.struct.MemRange[cutlass.Int64, stages]
 
         self.storage = Storage
-        self.kernel(tiled_mma, tma_atom, tma_weights, a_layout, b_layout, w_ptr, scale_ptr, x_ptr, out_ptr, lora_ptr,
-                    p2e, tile_info, counters, alpha, beta, clamp, out_scale, m, k, n_out, top_k).launch(
+        self.kernel(tiled_mma, tma_atom, tma_weights, a_layout, b_layout, scale_ptr, x_ptr, out_ptr, lora_ptr, p2e,
+                    tile_info, counters, alpha, beta, clamp, out_scale, m, k, n_out, top_k).launch(
             grid=[num_ctas, 1, 1], block=[self.cta_threads, 1, 1], stream=stream, use_pdl=use_pdl,
             min_blocks_per_mp=self.min_ctas, preferred_smem_carveout=100)  # all of the SM's memory as shared
 
@@ -170,8 +170,8 @@ class WgmmaGroupedGemm(GroupedGemm):
 
     @cute.kernel
     def kernel(self, tiled_mma: cute.TiledMma, tma_atom: cute.CopyAtom, tma_weights: cute.Tensor,
-               a_layout: cute.ComposedLayout, b_layout: cute.ComposedLayout, w_ptr: cute.Pointer,
-               scale_ptr: cute.Pointer, x_ptr: cute.Pointer,
+               a_layout: cute.ComposedLayout, b_layout: cute.ComposedLayout, scale_ptr: cute.Pointer,
+               x_ptr: cute.Pointer,
                out_ptr: cute.Pointer, lora_ptr: cute.Pointer, p2e: cute.Tensor, tile_info: cute.Tensor,
                counters: cute.Tensor, alpha: cute.Tensor, beta: cute.Tensor, clamp: cute.Tensor,
                out_scale: cute.Tensor, m: Int32, k: Int32, n_out: Int32, top_k: Int32):
@@ -207,7 +207,7 @@ class WgmmaGroupedGemm(GroupedGemm):
         if warp < PRODUCER_THREADS // 32:
             cute.arch.setmaxregister_decrease(PRODUCER_REGS)
             self.produce(tidx, warp, bx, num_ctas, items, num_tiles, m_blocks, k_blocks, tma_atom, tma_weights, sA,
-                         storage.sB.data_ptr(), full, empty, x_ptr, p2e, tile_info, m, k, top_k, w_ptr, scale_ptr,
+                         storage.sB.data_ptr(), full, empty, x_ptr, p2e, tile_info, m, k, top_k, scale_ptr,
                          storage.sQ.data_ptr(), storage.sS.data_ptr())
         else:
             cute.arch.setmaxregister_increase(self.mma_regs)
@@ -220,8 +220,8 @@ class WgmmaGroupedGemm(GroupedGemm):
     def produce(self, tidx: Int32, warp: Int32, bx: Int32, num_ctas: Int32, items: Int32, num_tiles: Int32,
                 m_blocks: Int32, k_blocks: Int32, tma_atom: cute.CopyAtom, tma_weights: cute.Tensor,
                 sA: cute.Tensor, sb_ptr: cute.Pointer, full: cute.Pointer, empty: cute.Pointer, x_ptr: cute.Pointer,
-                p2e: cute.Tensor, tile_info: cute.Tensor, m: Int32, k: Int32, top_k: Int32, w_ptr: cute.Pointer,
-                scale_ptr: cute.Pointer, sq_ptr: cute.Pointer, ss_ptr: cute.Pointer):
+                p2e: cute.Tensor, tile_info: cute.Tensor, m: Int32, k: Int32, top_k: Int32, scale_ptr: cute.Pointer,
+                sq_ptr: cute.Pointer, ss_ptr: cute.Pointer):
         """Fill ring slot after ring slot: k-block ``kb`` of item ``w`` -> slot ``(count) % stages``:
         one TMA box of weights (bf16: into ``sA``; MXINT4: the packed rows into the packed ring, the
         scales by cp.async with the template's loader) and the token rows by cp.async."""
