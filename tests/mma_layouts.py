@@ -6,7 +6,9 @@ load and store with.
   SM120's block-scaled m16n8k64 MMA (``MmaMXF4NVF4Op``): A, B, C, SFA and SFB;
 * ``python mma_layouts.py bf16``: the m16n8k16 bf16 MMA of every arch (``MmaF16BF16Op``): A, B, C;
 * ``python mma_layouts.py wgmma`` (``CUTE_DSL_ARCH=sm_90a``): the weight rows each MMA warpgroup of
-  the SM90 instantiation's tiled wgmma reads from shared memory, per (warpgroups, bm).
+  the SM90 instantiation's tiled wgmma reads from shared memory, per (warpgroups, bm);
+* ``python mma_layouts.py wgmma_c`` (``CUTE_DSL_ARCH=sm_90a``): per (warpgroups, bm, bn) and MMA
+  thread, the (row, token) of each accumulator value ``((c, h, v), rep, col)``, in that index order.
 """
 
 import json
@@ -59,6 +61,22 @@ def describe_wgmma():
                                                      for wg in range(warpgroups))]
 
 
+@cute.jit
+def describe_wgmma_c():
+    import cutlass.utils.hopper_helpers as sm90_utils
+
+    for warpgroups, bm, bn in ((2, 256, 128), (2, 128, 64), (1, 64, 128)):
+        tiled = sm90_utils.make_trivial_tiled_mma(
+            cutlass.BFloat16, cutlass.BFloat16, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
+            cutlass.Float32, (warpgroups, 1, 1), tiler_mn=(64, bn))
+        parts = [tiled.get_slice(t).partition_C(cute.make_identity_tensor((bm, bn)))
+                 for t in range(128 * warpgroups)]
+        shape = (cute.size(parts[0], mode=[0]) // 4, cute.size(parts[0], mode=[1]), cute.size(parts[0], mode=[2]))
+        TABLES[f"{warpgroups}x{bm}x{bn}"] = [
+            [list(part[((c, h, v), rep, col)]) for rep in range(shape[1]) for col in range(shape[2])
+             for v in range(shape[0]) for h in range(2) for c in range(2)] for part in parts]
+
+
 if __name__ == "__main__":
-    {"fp4": describe_fp4, "bf16": describe_bf16, "wgmma": describe_wgmma}[sys.argv[1]]()
+    {"fp4": describe_fp4, "bf16": describe_bf16, "wgmma": describe_wgmma, "wgmma_c": describe_wgmma_c}[sys.argv[1]]()
     print(json.dumps(TABLES))

@@ -146,6 +146,11 @@ WGMMA_VARIANTS = [
     ("wgmma_fc1_128x64_relu2", lambda: WgmmaGroupedGemm("fc1", TileConfig(128, 64, 8, 1, 6, "wgmma"), "persistent",
                                                         activation=RELU2)),
     ("wgmma_fc2_128x128", lambda: WgmmaGroupedGemm("fc2", TileConfig(128, 128, 8, 1, 4, "wgmma"), "persistent")),
+    ("wgmma_fc1_256x128_swiglu", lambda: WgmmaGroupedGemm("fc1", TileConfig(256, 128, 8, 1, 4, "wgmma"),
+                                                          "persistent")),
+    ("wgmma_fc2_256x128_s3", lambda: WgmmaGroupedGemm("fc2", TileConfig(256, 128, 8, 1, 3, "wgmma"), "persistent")),
+    # the bf16 output tile does not fit next to a 4-stage 256x128 ring: the float32 passes
+    ("wgmma_fc2_256x128_s4", lambda: WgmmaGroupedGemm("fc2", TileConfig(256, 128, 8, 1, 4, "wgmma"), "persistent")),
     # MXINT4: the producer cp.asyncs packed rows and scales, the MMA warpgroups dequantize
     ("wgmma_int4_fc1_256x128_swiglu_lora_oss", lambda: WgmmaGroupedGemm(
         "fc1", TileConfig(256, 128, 8, 1, 4, "wgmma"), "persistent", has_lora=True, has_alpha=True, has_beta=True,
@@ -160,7 +165,9 @@ WGMMA_PTX_NEEDLES = ["wgmma.mma_async.sync.aligned.m64n", "wgmma.commit_group", 
                      "cp.async.bulk.tensor.4d.shared::cta.global.tile.mbarrier::complete_tx::bytes",
                      "cp.async.mbarrier.arrive.noinc",
                      "mbarrier.try_wait.parity", "fence.proxy.async.shared::cta", "cp.async.cg.shared.global",
-                     "st.global.v4"]
+                     "atom.global.add.u32", "atom.global.acq_rel.add.u32"]  # the work queue
+# the epilogue: bulk row copies of the bf16 output tile, or (LoRA, or no room) the template's stores
+BULK_STORE_NEEDLES = ["cp.async.bulk.global.shared::cta.bulk_group", "cp.async.bulk.wait_group.read"]
 
 
 @pytest.mark.compile
@@ -177,8 +184,10 @@ def test_wgmma_variant_compiles_for_sm90(name, make):
     # named barrier
     needles = [n.replace(".4d.", ".5d.") for n in WGMMA_PTX_NEEDLES] + \
         ["cp.async.ca.shared.global", "lop3.b32", "st.shared.v4", ", 128;"] if kernel.packed else WGMMA_PTX_NEEDLES
+    needles = needles + (BULK_STORE_NEEDLES if kernel.bulk_store else ["st.global.v4"])
     for needle in needles:
         assert needle in ptx, f"{name}: '{needle}' missing from the PTX"
+    assert ("cp.async.bulk.global" in ptx) == kernel.bulk_store, name
     assert "mma.sync" not in ptx and ".local" not in ptx
     res = cubin_resources(compiled.artifacts.CUBIN)
     assert res["frame"] <= STACK_BUDGET_BYTES, f"{name}: {res['frame']} bytes of stack (spills)"
@@ -224,6 +233,49 @@ def test_wgmma_int4_dequantizes_the_rows_each_warpgroup_reads():
         warpgroups, bm = map(int, name.split("x"))
         for wg, rows in enumerate(per_warpgroup):
             assert rows == sorted(warpgroup_row(wg, i, warpgroups) for i in range(bm // warpgroups)), (name, wg)
+
+
+def test_wgmma_epilogue_takes_bulk_copies_where_the_tile_fits():
+    """The bf16 output tile sits next to the ring: FC2 256x128 (66 KiB) fits a 3-stage ring,
+    not a 4-stage one; a gated FC1 stores half the columns; LoRA keeps the float32 passes. Every
+    wgmma tile of the selector takes the bulk epilogue, bf16 and MXINT4."""
+    def make(op, stages, **kw):
+        return WgmmaGroupedGemm(op, TileConfig(256, 128, 8, 1, stages, "wgmma"), "persistent", **kw)
+
+    assert make("fc2", 3).bulk_store and not make("fc2", 4).bulk_store
+    assert make("fc1", 4).bulk_store and not make("fc1", 4, activation=RELU2).bulk_store
+    assert not make("fc1", 3, has_lora=True).bulk_store
+    for (variant, _), (fc1, fc2, _, _) in TILES["sm_90a"].items():
+        if variant == "wgmma":
+            for kind in ("bf16", "mxint4"):
+                assert WgmmaGroupedGemm("fc1", fc1, "persistent", weight_format=kind).bulk_store, (fc1, kind)
+                assert WgmmaGroupedGemm("fc2", fc2, "persistent", weight_format=kind).bulk_store, (fc2, kind)
+
+
+def test_wgmma_bulk_epilogue_pairs_are_neighbouring_output_columns():
+    """The SM90 bulk epilogue (``WgmmaGroupedGemm.store_rows``) takes accumulator values
+    ``(c, 0, v)`` and ``(c, 1, v)`` as prepared rows ``p`` and ``p + 8`` of one token and writes
+    them as unshuffled rows ``r``, ``r + 1`` (``r`` even: two output columns, or the up and gate
+    halves of one intermediate): checked against the DSL's partition of the tiled wgmma and the
+    layouts module's shuffle, every (row, token) of the tile written once."""
+    from cute_moe.kernels.gemm_epilogue import unshuffled_row
+    from cute_moe.layouts.row_shuffle import shuffle_source_rows
+
+    tables = mma_layout_tables("wgmma_c", "sm_90a")
+    assert len(tables) == 3
+    for name, threads in tables.items():
+        warpgroups, bm, bn = map(int, name.split("x"))
+        assert [unshuffled_row(p) for p in range(bm)] == shuffle_source_rows(bm).tolist()
+        written = []
+        for values in threads:
+            for i in range(0, len(values), 4):  # (c, h) of one v: (0, 0), (1, 0), (0, 1), (1, 1)
+                for c in range(2):
+                    (p, n), (p8, n8) = values[i + c], values[i + 2 + c]
+                    assert (p8, n8) == (p + 8, n), (name, p, n)
+                    r = unshuffled_row(p)
+                    assert r % 2 == 0 and unshuffled_row(p8) == r + 1, (name, p)
+                    written += [(r, n), (r + 1, n)]
+        assert sorted(written) == [(r, n) for r in range(bm) for n in range(bn)], name
 
 
 def test_wgmma_is_sm90_bf16_or_mxint4_only():

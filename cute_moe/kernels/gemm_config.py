@@ -79,6 +79,13 @@ def c_row_stride(bm: int) -> int:
     return bm + 4
 
 
+def out_tile_stride(columns: int) -> int:
+    """Bytes between token rows of the bf16 output tile the SM90 instantiation stages for its
+    bulk row copies: 16 bytes of padding keep the 16-byte alignment of a row and make the
+    accumulator stores of a gated FC1 (2 bytes, 8 columns by 4 tokens per warp) conflict-free."""
+    return 2 * columns + 16
+
+
 def wgmma_runs(arch: str, weight_kind: str) -> bool:
     """Whether the SM90 wgmma instantiation (variant ``wgmma``) takes ``weight_kind`` on ``arch``."""
     return arch == "sm_90a" and weight_kind in WGMMA_WEIGHT_KINDS

@@ -13,6 +13,11 @@ The accumulator tile lives in shared memory as ``sC[n, p]`` (token row ``n``, pr
   ``p = gated_base(v) + 8a + b`` with ``gated_base(v) = 32*(v//2) + 4*(v%2)``: a (4, 4) view; the
   up value of intermediate ``8v + i`` is ``q = 2i`` (a = 2(i%2), b = i//2), its gate ``q = 2i + 1``.
 
+The SM90 instantiation also stores straight from its accumulators (``unshuffled_row``): a thread
+holds prepared rows ``p`` and ``p + 8`` with ``(p % 32) // 8`` even, which are unshuffled rows
+``r`` and ``r + 1`` (``r`` even): for FC2 / Relu2 two neighbouring output columns, for a gated FC1
+the up (``r``) and gate (``r + 1``) halves of intermediate ``r / 2``.
+
 Activations (float32, per local expert ``e``):
 
 * Swiglu: ``silu(gate) * up = gate / (1 + exp(-gate)) * up``;
@@ -48,6 +53,12 @@ def plain_base(v: Int32) -> Int32:
 @cute.jit
 def gated_base(v: Int32) -> Int32:
     return 32 * (v // 2) + 4 * (v % 2)
+
+
+def unshuffled_row(p):
+    """Row of the unshuffled matrix that prepared row ``p`` holds (plain arithmetic: traced
+    inside kernels, evaluated on ints by the CPU tests)."""
+    return 32 * (p // 32) + 4 * (p % 8) + (p % 32) // 8
 
 
 @cute.jit

@@ -17,9 +17,12 @@ Warp roles (``cta_threads = 128 + 128 * warpgroups``):
 * warpgroups 1.. the consumers (``setmaxnreg`` up to MMA_REGS): wait on ``full``, issue the k-block's
   4 ``wgmma.mma_async`` (m64 x bn x k16, bf16 -> f32, both operands from shared memory), keep one
   wgmma group in flight and release the previous slot on its ``empty`` barrier; after the last
-  k-block the accumulators go to the float32 epilogue tile ``sC[n, p]`` and the template's
-  epilogue (un-shuffle, activation, LoRA, bf16 stores of valid rows) runs on the consumer
-  threads, while the producer already fills the ring for the next work item.
+  k-block comes the epilogue (``store_rows``): each thread holds, per token, prepared rows ``p``
+  and ``p + 8``, i.e. two neighbouring output columns (or the up and gate halves of one
+  intermediate), so it scales, activates and rounds them in registers into a bf16 tile of the
+  m-block's output columns, and every valid token row leaves as one ``cp.async.bulk`` copy that
+  runs under the next item's mainloop. With LoRA, or where that tile does not fit next to the
+  ring, the float32 tile ``sC[n, p]`` and the template's stores (``store_passes``) instead.
 
 MXINT4 weights (``weight_format="mxint4"``): the producer's TMA box is the k-block's packed rows
 (``bm`` rows of 32 bytes: quarter ``kb % 4`` of the 128-byte blocks ``kb // 4``, a 5-D view) into
@@ -29,7 +32,10 @@ MMA warpgroup dequantizes its own rows into one of two bf16 A slots in the wgmma
 wgmmas.
 
 Schedule: persistent CTAs over ``num_tiles * m_blocks`` items (``num_tiles`` read on the device,
-CUDA-graph safe), rastered like the warp-MMA persistent schedule (grouped_gemm.raster).
+CUDA-graph safe), rastered like the warp-MMA persistent schedule (grouped_gemm.raster), handed out
+by a work queue (the plan's ``counters[2]``) rather than a fixed stride: the items in flight stay
+one window of consecutive items, so the raster's L2 reuse survives SMs that run at different
+speeds (with a fixed stride they drift apart item after item).
 """
 
 from __future__ import annotations
@@ -41,10 +47,14 @@ import cutlass.memory
 import cutlass.utils
 import cutlass.utils.hopper_helpers as sm90_utils
 import cuda.bindings.driver as cuda
-from cutlass import BFloat16, Float32, Int32, Uint8
+from cutlass import BFloat16, Float32, Int32, Int64, Uint8
+from cutlass._mlir.dialects import llvm
+from cutlass.cutlass_dsl import T
 
+from . import gemm_epilogue as epi
 from .gemm_config import (BK, INT4_BLOCK_K, INT4_ROW_BYTES, INT4_SCALES_PER_KB, PRODUCER_THREADS, SMEM_LIMIT,
-                          WGMMA_INT4_A_SLOTS, WGMMA_M, WGMMA_WEIGHT_KINDS, TileConfig, c_row_stride)
+                          WGMMA_INT4_A_SLOTS, WGMMA_M, WGMMA_WEIGHT_KINDS, TileConfig, c_row_stride,
+                          out_tile_stride)
 from .grouped_gemm import CHUNK, CHUNKS_PER_ROW, INT4_BLOCK_BYTES, SMEM_ALIGN, GroupedGemm, raster
 
 PRODUCER_REGS = 40  # the producer computes addresses only
@@ -55,7 +65,31 @@ MMA_REGS = {2: 232, 1: 216}
 CTAS_PER_SM = {2: 1, 1: 2}
 EPILOGUE_BARRIER = 1  # named barrier of the MMA threads (0 is sync_threads)
 DEQUANT_BARRIER = 2  # MXINT4: + warpgroup, the named barrier of one MMA warpgroup
+PRODUCER_BARRIER = DEQUANT_BARRIER + 2  # the producer warpgroup's, once per work item
+WORK_COUNTER, DONE_COUNTER = 2, 3  # plan counters fields (zero between launches): the item queue
 WARPGROUP = 128
+
+
+def pack_bf16x2(lo: Float32, hi: Float32) -> Int32:
+    """bf16(lo) in the low half, bf16(hi) in the high half (round to nearest even)."""
+    return Int32(llvm.inline_asm(T.i32(), [Float32(hi).ir_value(), Float32(lo).ir_value()],
+                                 "cvt.rn.bf16x2.f32 $0, $1, $2;", "=r,f,f", has_side_effects=False,
+                                 is_align_stack=False))
+
+
+def bulk_copy_to_global(dst: Int64, src: Int32, size: Int32):
+    """``size`` bytes from shared address ``src`` to global address ``dst`` on the async proxy
+    (one ``cp.async.bulk`` of the calling thread's bulk group)."""
+    llvm.inline_asm(None, [Int64(dst).ir_value(), Int32(src).ir_value(), Int32(size).ir_value()],
+                    "cp.async.bulk.global.shared::cta.bulk_group [$0], [$1], $2;", "l,r,r",
+                    has_side_effects=True, is_align_stack=False)
+
+
+@cute.jit
+def store_int(tensor: cute.Tensor, index: Int32, value: Int32):
+    """``tensor[index] = value`` from inside staged control flow (a helper, so that the tensor
+    is not threaded through the enclosing region as a rebound value)."""
+    tensor[index] = value
 
 
 def warpgroup_row(warpgroup, local, warpgroups):
@@ -97,6 +131,14 @@ class WgmmaGroupedGemm(GroupedGemm):
         smem = tile.wgmma_int4_smem_bytes if self.packed else tile.smem_bytes
         if smem > SMEM_LIMIT:
             raise ValueError(f"tile {tile} needs {smem} bytes of shared memory (> {SMEM_LIMIT})")
+        # Epilogue: the accumulators go, activated and rounded, into a bf16 tile of the m-block's
+        # output columns, and each valid token row leaves as one bulk copy that runs under the
+        # next item's mainloop; where that tile does not fit next to the ring (or with LoRA,
+        # whose deltas are added per output vector) the float32 tile and the template's stores.
+        self.out_cols = self.bm // 2 if self.gated else self.bm
+        self.out_stride = out_tile_stride(self.out_cols)
+        self.bulk_store = (not self.has_lora
+                           and smem - tile.epilogue_bytes + self.bn * self.out_stride <= SMEM_LIMIT)
         if self.packed:
             # MXINT4: one k-block per ring slot, its scales cp.async-ed by the producer warpgroup;
             # each MMA warpgroup dequantizes its own rows, wg_units units of 32 values per thread
@@ -147,6 +189,8 @@ class WgmmaGroupedGemm(GroupedGemm):
             num_experts)
 
         stages, c_floats = self.stages, self.bn * c_row_stride(self.epi_bm)
+        if cutlass.const_expr(self.bulk_store):
+            c_floats = self.bn * self.out_stride // 4  # the bf16 output tile takes the float32 tile's place
         q_bytes = stages * self.bm * INT4_ROW_BYTES if cutlass.const_expr(self.packed) else 16
         s_values = stages * self.bm * INT4_SCALES_PER_KB if cutlass.const_expr(self.packed) else 8
 
@@ -159,6 +203,8 @@ class WgmmaGroupedGemm(GroupedGemm):
             sS: cute.struct.Align[cute.struct.MemRange[BFloat16, s_values], 16]  # MXINT4: scale ring
             full: cute.struct.MemRange[cutlass.Int64, stages]
             empty: cute.struct.MemRange[cutlass.Int64, stages]
+            item_of_slot: cute.struct.MemRange[Int32, stages]  # the work item whose first k-block fills a slot
+            next_item: cute.struct.MemRange[Int32, 2]  # the producer's queue answer, by item parity
 
         self.storage = Storage
         self.kernel(tiled_mma, tma_atom, tma_weights, a_layout, b_layout, scale_ptr, x_ptr, out_ptr, lora_ptr, p2e,
@@ -204,27 +250,37 @@ class WgmmaGroupedGemm(GroupedGemm):
         sA = storage.sA.get_tensor(a_layout.outer, swizzle=a_layout.inner)
         sB = storage.sB.get_tensor(b_layout.outer, swizzle=b_layout.inner)
 
+        item_of_slot = storage.item_of_slot.get_tensor(cute.make_layout(self.stages))
         if warp < PRODUCER_THREADS // 32:
             cute.arch.setmaxregister_decrease(PRODUCER_REGS)
             self.produce(tidx, warp, bx, num_ctas, items, num_tiles, m_blocks, k_blocks, tma_atom, tma_weights, sA,
-                         storage.sB.data_ptr(), full, empty, x_ptr, p2e, tile_info, m, k, top_k, scale_ptr,
-                         storage.sQ.data_ptr(), storage.sS.data_ptr())
+                         storage.sB.data_ptr(), full, empty, item_of_slot,
+                         storage.next_item.get_tensor(cute.make_layout(2)), counters, x_ptr, p2e, tile_info, m, k,
+                         top_k, scale_ptr, storage.sQ.data_ptr(), storage.sS.data_ptr())
         else:
             cute.arch.setmaxregister_increase(self.mma_regs)
-            self.consume(tidx - PRODUCER_THREADS, bx, num_ctas, items, num_tiles, m_blocks, k_blocks, tiled_mma, sA,
-                         sB, storage.sC.data_ptr(), full, empty, out_ptr, lora_ptr, p2e, tile_info, alpha, beta,
-                         clamp, out_scale, m, n_out, storage.sA.data_ptr(), storage.sQ.data_ptr(),
+            self.consume(tidx - PRODUCER_THREADS, num_tiles, m_blocks, k_blocks, tiled_mma, sA,
+                         sB, storage.sC.data_ptr(), full, empty, item_of_slot, out_ptr, lora_ptr, p2e, tile_info,
+                         alpha, beta, clamp, out_scale, m, n_out, storage.sA.data_ptr(), storage.sQ.data_ptr(),
                          storage.sS.data_ptr())
 
     @cute.jit
     def produce(self, tidx: Int32, warp: Int32, bx: Int32, num_ctas: Int32, items: Int32, num_tiles: Int32,
                 m_blocks: Int32, k_blocks: Int32, tma_atom: cute.CopyAtom, tma_weights: cute.Tensor,
-                sA: cute.Tensor, sb_ptr: cute.Pointer, full: cute.Pointer, empty: cute.Pointer, x_ptr: cute.Pointer,
+                sA: cute.Tensor, sb_ptr: cute.Pointer, full: cute.Pointer, empty: cute.Pointer,
+                item_of_slot: cute.Tensor, next_item: cute.Tensor, counters: cute.Tensor, x_ptr: cute.Pointer,
                 p2e: cute.Tensor, tile_info: cute.Tensor, m: Int32, k: Int32, top_k: Int32, scale_ptr: cute.Pointer,
                 sq_ptr: cute.Pointer, ss_ptr: cute.Pointer):
         """Fill ring slot after ring slot: k-block ``kb`` of item ``w`` -> slot ``(count) % stages``:
         one TMA box of weights (bf16: into ``sA``; MXINT4: the packed rows into the packed ring, the
-        scales by cp.async with the template's loader) and the token rows by cp.async."""
+        scales by cp.async with the template's loader) and the token rows by cp.async.
+
+        Work items come from a queue: CTA ``bx`` starts with item ``bx``, then takes ``num_ctas +``
+        the next ticket of the plan's work counter, so the items in flight stay a window of
+        consecutive items (the raster's L2 reuse) however far one SM runs ahead of another. The
+        item goes to the consumers in ``item_of_slot`` of its first k-block's slot (published by
+        that slot's ``full`` barrier); -1 there ends their loop. The last CTA to finish zeroes the
+        counters for the next launch."""
         box_cols, box_bytes, s_box = BK, self.a_bytes, sA
         if cutlass.const_expr(self.packed):
             box_cols, box_bytes = INT4_ROW_BYTES, self.bm * INT4_ROW_BYTES
@@ -240,7 +296,10 @@ class WgmmaGroupedGemm(GroupedGemm):
         row_step = PRODUCER_THREADS // CHUNKS_PER_ROW
         stage = Int32(0)
         phase = Int32(1)  # the first pass over the ring finds every slot free
-        for w in cutlass.range(bx, items, num_ctas, unroll=1):
+        producer_sync = cutlass.pipeline.NamedBarrier(barrier_id=PRODUCER_BARRIER, num_threads=PRODUCER_THREADS)
+        w = bx
+        parity = Int32(0)
+        while w < items:
             tile, mb = raster(w, num_tiles, m_blocks)
             expert = tile_info[tile, 0]
             row0 = tile_info[tile, 1]
@@ -260,6 +319,8 @@ class WgmmaGroupedGemm(GroupedGemm):
                 cute.arch.mbarrier_wait(empty + stage, phase)
                 if warp == 0:
                     with cute.arch.elect_one():
+                        if kb == 0:
+                            store_int(item_of_slot, stage, w)
                         cute.arch.mbarrier_arrive_and_expect_tx(full + stage, box_bytes)
                     cute.copy(tma_atom, tAgA[(None, mb, kb, expert)], tAsA[(None, stage)], tma_bar_ptr=full + stage)
                 if cutlass.const_expr(self.packed):
@@ -274,11 +335,31 @@ class WgmmaGroupedGemm(GroupedGemm):
                 if stage == self.stages:
                     stage = Int32(0)
                     phase = phase ^ 1
+            if tidx == 0:
+                ticket = cute.arch.atomic_add((counters.iterator + WORK_COUNTER).llvm_ptr, Int32(1))
+                store_int(next_item, parity, ticket + num_ctas)
+            producer_sync.arrive_and_wait()
+            w = next_item[parity]
+            parity = parity ^ 1
+        # the end: the next slot carries no k-block, only the item -1
+        cute.arch.mbarrier_wait(empty + stage, phase)
+        if warp == 0:
+            with cute.arch.elect_one():
+                store_int(item_of_slot, stage, Int32(-1))
+                cute.arch.mbarrier_arrive(full + stage)
+        cute.arch.mbarrier_arrive(full + stage)
+        if tidx == 0:
+            done = cute.arch.atomic_add((counters.iterator + DONE_COUNTER).llvm_ptr, Int32(1), sem="acq_rel",
+                                        scope="gpu")
+            if done == num_ctas - 1:
+                store_int(counters, WORK_COUNTER, Int32(0))
+                store_int(counters, DONE_COUNTER, Int32(0))
 
     @cute.jit
-    def consume(self, tidx: Int32, bx: Int32, num_ctas: Int32, items: Int32, num_tiles: Int32, m_blocks: Int32,
+    def consume(self, tidx: Int32, num_tiles: Int32, m_blocks: Int32,
                 k_blocks: Int32, tiled_mma: cute.TiledMma, sA: cute.Tensor, sB: cute.Tensor, sc_ptr: cute.Pointer,
-                full: cute.Pointer, empty: cute.Pointer, out_ptr: cute.Pointer, lora_ptr: cute.Pointer,
+                full: cute.Pointer, empty: cute.Pointer, item_of_slot: cute.Tensor, out_ptr: cute.Pointer,
+                lora_ptr: cute.Pointer,
                 p2e: cute.Tensor, tile_info: cute.Tensor, alpha: cute.Tensor, beta: cute.Tensor,
                 clamp: cute.Tensor, out_scale: cute.Tensor, m: Int32, n_out: Int32, sa_ptr: cute.Pointer,
                 sq_ptr: cute.Pointer, ss_ptr: cute.Pointer):
@@ -295,6 +376,7 @@ class WgmmaGroupedGemm(GroupedGemm):
         sC = cute.make_tensor(sc_ptr, cute.make_layout(((self.epi_bm, self.passes), self.bn),
                                                        stride=((1, 0), self.c_stride)))
         tCsC = thr_mma.partition_C(sC)
+        tCcC = thr_mma.partition_C(cute.make_identity_tensor((self.bm, self.bn)))  # (row, token) of each value
         k_steps = cute.size(tCrA, mode=[2])
         warpgroup = cute.arch.make_warp_uniform(tidx // 128)
         epilogue_sync = cutlass.pipeline.NamedBarrier(barrier_id=EPILOGUE_BARRIER, num_threads=self.threads)
@@ -302,12 +384,19 @@ class WgmmaGroupedGemm(GroupedGemm):
         stage = Int32(0)
         phase = Int32(0)
         a_slot = Int32(0)
-        for w in cutlass.range(bx, items, num_ctas, unroll=1):
+        cute.arch.mbarrier_wait(full + stage, phase)
+        w = item_of_slot[stage]
+        while w >= 0:
             tile, mb = raster(w, num_tiles, m_blocks)
+            # the epilogue's tile fields, read now: their latency hides under the mainloop
+            expert = tile_info[tile, 0]
+            row0 = tile_info[tile, 1]
+            nrows = tile_info[tile, 2]
             acc.fill(0.0)
             prev = Int32(0)
             for kb in cutlass.range(k_blocks, unroll=1):
-                cute.arch.mbarrier_wait(full + stage, phase)
+                if kb > 0:  # the item's first slot was waited for with its item number
+                    cute.arch.mbarrier_wait(full + stage, phase)
                 a_read = stage
                 if cutlass.const_expr(self.packed):
                     self.dequantize_warpgroup(tidx % WARPGROUP, warpgroup, stage, a_slot, sq_ptr, ss_ptr, sa_ptr)
@@ -334,22 +423,102 @@ class WgmmaGroupedGemm(GroupedGemm):
             cute.nvgpu.warpgroup.wait_group(0)
             cute.arch.mbarrier_arrive(empty + prev)
 
-            # ---- epilogue: accumulators -> sC[n, p] -> the template's stores, one pass per epi_bm rows
-            expert = tile_info[tile, 0]
-            row0 = tile_info[tile, 1]
-            nrows = tile_info[tile, 2]
-            for h in cutlass.range_constexpr(self.passes):
-                epilogue_sync.arrive_and_wait()  # the previous pass's stores have read sC
-                if cutlass.const_expr(self.split_reps):
-                    if warpgroup == h % self.warpgroups:
-                        self.stage_rep(acc, tCsC, h // self.warpgroups)
-                else:
-                    for j in cutlass.range_constexpr(self.reps_per_pass):
-                        self.stage_rep(acc, tCsC, h * self.reps_per_pass + j)
-                epilogue_sync.arrive_and_wait()
-                block = mb * self.passes + h
-                self.store_tile(tidx, sc_ptr, expert, row0, nrows, block, out_ptr, lora_ptr, p2e, alpha, beta, clamp,
-                                out_scale, m, n_out)
+            if cutlass.const_expr(self.bulk_store):
+                self.store_rows(tidx, acc, tCcC, sc_ptr, expert, row0, nrows, mb, out_ptr, alpha, beta, clamp,
+                                out_scale, m, n_out, epilogue_sync)
+            else:
+                self.store_passes(tidx, acc, tCsC, warpgroup, sc_ptr, expert, row0, nrows, mb, out_ptr, lora_ptr,
+                                  p2e, alpha, beta, clamp, out_scale, m, n_out, epilogue_sync)
+            cute.arch.mbarrier_wait(full + stage, phase)
+            w = item_of_slot[stage]
+        if cutlass.const_expr(self.bulk_store):
+            cute.arch.cp_async_bulk_wait_group(0)  # the last rows have landed before the CTA leaves
+
+    @cute.jit
+    def store_passes(self, tidx: Int32, acc: cute.Tensor, tCsC: cute.Tensor, warpgroup: Int32, sc_ptr: cute.Pointer,
+                     expert: Int32, row0: Int32, nrows: Int32, mb: Int32, out_ptr: cute.Pointer,
+                     lora_ptr: cute.Pointer, p2e: cute.Tensor, alpha: cute.Tensor, beta: cute.Tensor,
+                     clamp: cute.Tensor, out_scale: cute.Tensor, m: Int32, n_out: Int32,
+                     epilogue_sync: cutlass.pipeline.NamedBarrier):
+        """The float32 epilogue: accumulators -> sC[n, p] -> the template's stores, one pass per
+        ``epi_bm`` rows."""
+        for h in cutlass.range_constexpr(self.passes):
+            epilogue_sync.arrive_and_wait()  # the previous pass's stores have read sC
+            if cutlass.const_expr(self.split_reps):
+                if warpgroup == h % self.warpgroups:
+                    self.stage_rep(acc, tCsC, h // self.warpgroups)
+            else:
+                for j in cutlass.range_constexpr(self.reps_per_pass):
+                    self.stage_rep(acc, tCsC, h * self.reps_per_pass + j)
+            epilogue_sync.arrive_and_wait()
+            block = mb * self.passes + h
+            self.store_tile(tidx, sc_ptr, expert, row0, nrows, block, out_ptr, lora_ptr, p2e, alpha, beta, clamp,
+                            out_scale, m, n_out)
+
+    @cute.jit
+    def store_rows(self, tidx: Int32, acc: cute.Tensor, tCcC: cute.Tensor, sd_ptr: cute.Pointer, expert: Int32,
+                   row0: Int32, nrows: Int32, mb: Int32, out_ptr: cute.Pointer, alpha: cute.Tensor,
+                   beta: cute.Tensor, clamp: cute.Tensor, out_scale: cute.Tensor, m: Int32, n_out: Int32,
+                   epilogue_sync: cutlass.pipeline.NamedBarrier):
+        """The bulk epilogue: every accumulator pair (prepared rows ``p``, ``p + 8`` of one token:
+        unshuffled rows ``r``, ``r + 1``) is scaled, activated and rounded into the bf16 tile
+        ``sD[n, c]`` of the m-block's ``out_cols`` output columns; then thread ``n < nrows`` copies
+        token row ``n`` to ``out[row0 + n, mb * out_cols ...]`` with one bulk copy (columns past the
+        output width, a partial last m-block, are left out). The copies of the previous item
+        have read ``sD`` before anyone writes it again."""
+        a_e = Float32(1.0)
+        b_e = Float32(0.0)
+        c_e = Float32(0.0)
+        if cutlass.const_expr(self.has_alpha):
+            a_e = alpha[expert]
+        if cutlass.const_expr(self.has_beta):
+            b_e = beta[expert]
+        if cutlass.const_expr(self.has_clamp):
+            c_e = clamp[expert]
+        s_e = Float32(1.0)
+        if cutlass.const_expr(self.has_out_scale):
+            s_e = out_scale[expert]
+        cute.arch.cp_async_bulk_wait_group(0, read=True)
+        epilogue_sync.arrive_and_wait()
+        tile_bytes = self.bn * self.out_stride
+        halves = cute.make_tensor(cute.recast_ptr(sd_ptr, dtype=BFloat16), cute.make_layout(tile_bytes // 2))
+        words = cute.make_tensor(cute.recast_ptr(sd_ptr, dtype=Int32), cute.make_layout(tile_bytes // 4))
+        values, reps, cols = cute.size(acc, mode=[0]), cute.size(acc, mode=[1]), cute.size(acc, mode=[2])
+        for rep in cutlass.range_constexpr(reps):
+            for col in cutlass.range_constexpr(cols):
+                for v in cutlass.range_constexpr(values // 4):
+                    for c in cutlass.range_constexpr(2):
+                        # values (c, 0, v) and (c, 1, v) of the m64 atom: rows p and p + 8 of one token
+                        lo = acc[((c, 0, v), rep, col)]
+                        hi = acc[((c, 1, v), rep, col)]
+                        if cutlass.const_expr(self.has_out_scale):
+                            lo = lo * s_e
+                            hi = hi * s_e
+                        p, n = tCcC[((c, 0, v), rep, col)]
+                        r = epi.unshuffled_row(p)
+                        if cutlass.const_expr(self.gated):
+                            if cutlass.const_expr(self.oss):
+                                res = epi.swiglu_oss(lo, hi, a_e, b_e, c_e, self.has_alpha, self.has_beta,
+                                                     self.has_clamp)
+                            else:
+                                res = epi.swiglu(lo, hi)
+                            halves[n * (self.out_stride // 2) + r // 2] = BFloat16(res)
+                        else:
+                            if cutlass.const_expr(self.relu2):
+                                lo = epi.relu2(lo)
+                                hi = epi.relu2(hi)
+                            words[n * (self.out_stride // 4) + r // 2] = pack_bf16x2(lo, hi)
+        # the tile was written through the generic proxy; the bulk copies read it through the async one
+        cute.arch.fence_proxy("async.shared", space="cta")
+        epilogue_sync.arrive_and_wait()
+        width = n_out if cutlass.const_expr(self.is_fc1) else m
+        first = mb * self.out_cols
+        if (tidx < nrows) & (tidx < self.bn) & (first < width):
+            size = cutlass.min(Int32(self.out_cols), width - first) * 2
+            dst = out_ptr + (Int64(row0 + tidx) * Int64(n_out) + Int64(first))
+            src = cute.recast_ptr(sd_ptr, dtype=Uint8) + tidx * self.out_stride
+            bulk_copy_to_global(dst.toint(), src.toint(), size)
+        cute.arch.cp_async_bulk_commit_group()
 
     def packed_ring_layout(self) -> cute.Layout:
         """MXINT4: the packed ring, (bm rows, 32 bytes, stages), one k-block per slot."""
