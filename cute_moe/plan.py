@@ -16,8 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
-TILE_INFO_FIELDS = 4  # (local_expert, first_row, num_rows, 0)
+TILE_INFO_FIELDS = 4  # (local_expert, first_row, num_rows, raster_group)
 COUNTER_FIELDS = 4  # (num_tiles, rows_in_use, 0, 0)
+# Persistent GEMM schedules walk (tile, m-block) items in raster groups: up to RASTER_TILES
+# consecutive tiles of one expert, every m-block of a group before the next group (the group's
+# tiles share each weight block, its m-blocks each token tile, while both are in L2). A tile's
+# group is tile_info field 3: first_tile * RASTER_TILES + tiles - 1. Groups never span two
+# experts: a group that did would read the weights of its first expert twice.
+RASTER_TILES = 8
 
 
 @dataclass(frozen=True)

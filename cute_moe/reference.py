@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from .enums import ActivationType, SUPPORTED_ACTIVATIONS, WeightLayout, is_gated_activation
-from .plan import COUNTER_FIELDS, TILE_INFO_FIELDS, MoePlan, PlanShape
+from .plan import COUNTER_FIELDS, RASTER_TILES, TILE_INFO_FIELDS, MoePlan, PlanShape
 from .routing_ref import expert_weights_bf16, route_reference, unpack_topk_reference
 
 DEFAULT_TILE_ROWS = 8
@@ -115,6 +115,10 @@ def reference_plan(topk_ids: torch.Tensor, top_k: int, local_expert_offset: int,
         _exclusive_cumsum(tiles_per_expert)[:-1], tiles_per_expert)
     first_row = offsets[tile_expert] + tile_in_expert * rows
     num_rows = torch.clamp(counts[tile_expert] - tile_in_expert * rows, max=rows)
+    group_first = torch.arange(num_tiles, device=dev) - tile_in_expert % RASTER_TILES
+    group_tiles = torch.clamp(tiles_per_expert[tile_expert] - tile_in_expert // RASTER_TILES * RASTER_TILES,
+                              max=RASTER_TILES)
+    raster_group = group_first * RASTER_TILES + group_tiles - 1
 
     plan.expert_counts.copy_(counts)
     plan.expert_offsets.copy_(offsets)
@@ -123,7 +127,7 @@ def reference_plan(topk_ids: torch.Tensor, top_k: int, local_expert_offset: int,
     plan.tile_info.zero_()
     if num_tiles:
         plan.tile_info[:num_tiles] = torch.stack(
-            [tile_expert, first_row, num_rows, torch.zeros_like(num_rows)], dim=1).int()
+            [tile_expert, first_row, num_rows, raster_group], dim=1).int()
     counters = [num_tiles, int(offsets[-1])] + [0] * (COUNTER_FIELDS - 2)
     plan.counters.copy_(torch.tensor(counters, dtype=torch.int32))
     return plan

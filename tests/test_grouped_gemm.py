@@ -235,6 +235,34 @@ def test_wgmma_int4_dequantizes_the_rows_each_warpgroup_reads():
             assert rows == sorted(warpgroup_row(wg, i, warpgroups) for i in range(bm // warpgroups)), (name, wg)
 
 
+@pytest.mark.parametrize("tile_rows", [16, 128])
+def test_raster_visits_every_item_once_in_expert_groups(tile_rows):
+    """The persistent schedules' raster over a plan: every (tile, m-block) item exactly once,
+    and the items of one raster group (RASTER_TILES tiles of one expert at most, m-blocks
+    slowest) contiguous, so a window of consecutive items shares weight blocks and token tiles."""
+    from cute_moe.kernels.grouped_gemm import raster
+    from cute_moe.plan import RASTER_TILES
+    from cute_moe.reference import reference_plan
+
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.stack([torch.randperm(39, generator=gen)[:4] for _ in range(300)]).int()
+    ids = ids + (ids >= 7).int()
+    ids[:200, 0] = 7  # one expert with more than RASTER_TILES tiles of 16 rows
+    plan = reference_plan(ids, 4, 0, 40, tile_rows)
+    num_tiles = int(plan.counters[0])
+    info = plan.tile_info[:num_tiles].long()
+    m_blocks = 3
+    seen = [tuple(int(v) for v in raster(w, info, m_blocks)) for w in range(num_tiles * m_blocks)]
+    assert sorted(seen) == [(t, mb) for t in range(num_tiles) for mb in range(m_blocks)]
+    for w, (tile, mb) in enumerate(seen):
+        first = int(info[tile, 3]) // RASTER_TILES
+        size = int(info[tile, 3]) % RASTER_TILES + 1
+        assert first * m_blocks <= w < (first + size) * m_blocks and size <= RASTER_TILES
+        assert len({int(info[u, 0]) for u in range(first, first + size)}) == 1
+        assert (tile - first, mb) == ((w - first * m_blocks) % size, (w - first * m_blocks) // size)
+    assert (max(int(g) % RASTER_TILES + 1 for g in info[:, 3]) == RASTER_TILES) == (tile_rows == 16)
+
+
 def test_wgmma_epilogue_takes_bulk_copies_where_the_tile_fits():
     """The bf16 output tile sits next to the ring: FC2 256x128 (66 KiB) fits a 3-stage ring,
     not a 4-stage one; a gated FC1 stores half the columns; LoRA keeps the float32 passes. Every

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cute_moe.plan import MoePlan, PlanShape
+from cute_moe.plan import RASTER_TILES, MoePlan, PlanShape
 from cute_moe.reference import reference_plan
 from cute_moe.routing import build_plan
 
@@ -55,7 +55,14 @@ def _check_invariants(plan, ids, offset, num_local, tile_rows):
         assert bool((p2e[offsets[e] + counts[e]: offsets[e + 1]] == -1).all())
     if num_tiles:
         tiles = plan.tile_info[:num_tiles].long().cpu()
-        assert bool((tiles[:, 3] == 0).all())
+        # raster groups: the expert's tiles in chunks of RASTER_TILES
+        expert_of = tiles[:, 0].tolist()
+        begin = {e: expert_of.index(e) for e in set(expert_of)}
+        end = {e: len(expert_of) - expert_of[::-1].index(e) for e in set(expert_of)}
+        for t, (e, group) in enumerate(zip(expert_of, tiles[:, 3].tolist())):
+            first, size = group // RASTER_TILES, group % RASTER_TILES + 1
+            assert first <= t < first + size and (first - begin[e]) % RASTER_TILES == 0
+            assert size == min(RASTER_TILES, end[e] - first)
         assert bool(((tiles[:, 2] >= 1) & (tiles[:, 2] <= tile_rows)).all())
         assert int(tiles[:, 2].sum()) == int(counts.sum())
         assert bool((tiles[1:, 0] >= tiles[:-1, 0]).all())

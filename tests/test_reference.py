@@ -8,7 +8,7 @@ import torch
 
 from cute_moe import reference as ref
 from cute_moe.enums import ActivationType, RoutingMethodType
-from cute_moe.plan import PlanShape
+from cute_moe.plan import RASTER_TILES, PlanShape
 from cute_moe.reference import (
     apply_activation, finalize_from_unfinalized, plan_specified_parts, reference_moe_canonical, reference_plan,
     reference_trtllm_bf16_moe, reference_trtllm_bf16_routed_moe, reference_trtllm_mxint4_block_scale_moe,
@@ -43,8 +43,14 @@ def _naive_plan(ids, k, offset, n_local, tile):
     for i, p in enumerate(perm):
         if p >= 0:
             inverse[p] = i
-    tiles = [(e, offsets[e] + r, min(tile, counts[e] - r), 0)
-             for e in range(n_local) for r in range(0, counts[e], tile)]
+    tiles = []
+    for e in range(n_local):
+        starts = list(range(0, counts[e], tile))
+        for i, r in enumerate(starts):
+            group = i // RASTER_TILES * RASTER_TILES  # the expert's tiles in groups of RASTER_TILES
+            first = len(tiles) - i + group
+            tiles.append((e, offsets[e] + r, min(tile, counts[e] - r),
+                          first * RASTER_TILES + min(RASTER_TILES, len(starts) - group) - 1))
     as_int = lambda v: torch.tensor(v, dtype=torch.int32)
     return {
         "expert_counts": as_int(counts), "expert_offsets": as_int(offsets),
@@ -104,7 +110,7 @@ def test_reference_plan_matches_doc_and_invariants(kind, t, k, e, offset, n_loca
         assert seg[:count] == sorted(seg[:count]) and all(local[p] == ex for p in seg[:count])
         assert all(v == -1 for v in seg[count:])
     tiles = plan.tile_info[:num_tiles].tolist()
-    assert all(1 <= rows <= tile and zero == 0 for _, _, rows, zero in tiles)
+    assert all(1 <= rows <= tile for _, _, rows, _ in tiles)
     assert sum(rows for _, _, rows, _ in tiles) == t * k - int((~is_local).sum())
 
 

@@ -14,7 +14,8 @@ Variants (all one kernel template; cute_moe/kernels/grouped_gemm.py):
 * ``static``: grid ``(max_tiles, M/bm)``, tiles fastest: CTAs that read the same weight block
   run together and share it in L2;
 * ``dynamic``: persistent CTAs (``ctas_per_sm`` per SM) striding over the (tile, m-block) work
-  list in groups of ``RASTER_TILES`` tiles, all m-blocks of a group before the next group.
+  list in the plan's raster groups (up to ``cute_moe.plan.RASTER_TILES`` tiles of one expert),
+  all m-blocks of a group before the next group.
 
 * ``wgmma`` (SM90, bf16 or MXINT4 weights): the persistent schedule of ``dynamic`` on the TMA + WGMMA
   warp-specialized instantiation (cute_moe/kernels/grouped_gemm_sm90.py), ``mma = "wgmma"`` tiles.
@@ -66,7 +67,6 @@ VARIANTS = ("micro", "static", "dynamic", "wgmma")
 SCHEDULES = ("m_fastest", "tiles_fastest", "persistent")
 SCHEDULE_OF_VARIANT = {"micro": "m_fastest", "static": "tiles_fastest", "dynamic": "persistent",
                        "wgmma": "persistent"}
-RASTER_TILES = 8  # persistent schedule: tiles per group
 SMEM_LIMIT = 227 * 1024  # opt-in shared memory per CTA on SM90 / SM100 (SM120: 99 KiB)
 SMEM_LIMIT_SM120 = 99 * 1024
 BM_CHOICES = (64, 128, 256)

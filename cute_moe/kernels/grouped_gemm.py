@@ -60,10 +60,11 @@ from cutlass._mlir.dialects import llvm
 from cutlass.cutlass_dsl import T
 
 from ..enums import ActivationType
+from ..plan import RASTER_TILES
 from . import gemm_epilogue as epi
 from . import fp4_convert, int4_convert, runtime
 from .gemm_config import (BK, FP4_GROUP, FP4_SCALE_ALIGN, FP4_SCALES_PER_KB, INT4_BLOCK_K, INT4_GROUP,
-                          INT4_ROW_BYTES, INT4_SCALE_ALIGN, INT4_SCALES_PER_KB, MMA_K, MMA_M, MMA_N, RASTER_TILES,
+                          INT4_ROW_BYTES, INT4_SCALE_ALIGN, INT4_SCALES_PER_KB, MMA_K, MMA_M, MMA_N,
                           SCHEDULES, WEIGHT_FORMATS, TileConfig, c_row_stride)
 
 CHUNK = 8  # bf16 per 16-byte cp.async / store
@@ -75,17 +76,16 @@ INT4_BLOCK_BYTES = INT4_BLOCK_K // 2
 SCALE_TILE = 128  # rows of one 128x4 scale tile
 
 
-@cute.jit
-def raster(w: Int32, num_tiles: Int32, m_blocks: Int32):
-    """Work item ``w`` of a persistent schedule -> (plan tile, m-block): groups of RASTER_TILES
-    tiles, every m-block of a group before the next group, so that a wave of CTAs touches few
-    weight blocks and few token rows (both stay in L2)."""
-    group_items = RASTER_TILES * m_blocks
-    group = w // group_items
-    first = group * RASTER_TILES
-    size = cutlass.min(RASTER_TILES, num_tiles - first)
-    r = w - group * group_items
-    return first + r % size, r // size
+def raster(w, tile_info, m_blocks):
+    """Work item ``w`` of a persistent schedule -> (plan tile, m-block) through the plan's raster
+    groups (cute_moe.plan.RASTER_TILES): group ``[first, first + tiles)`` owns items
+    ``[first * m_blocks, (first + tiles) * m_blocks)``, tiles fastest inside it. Plain arithmetic:
+    traced inside kernels, evaluated on a torch ``tile_info`` by the CPU tests."""
+    group = tile_info[w // m_blocks, 3]
+    first = group // RASTER_TILES
+    r = w - first * m_blocks
+    tiles = group % RASTER_TILES + 1
+    return first + r % tiles, r // tiles
 
 
 def _swizzle():
@@ -309,7 +309,7 @@ class GroupedGemm:
         else:
             num_ctas, _, _ = cute.arch.grid_dim()
             for w in cutlass.range(bx, num_tiles * m_blocks, num_ctas):
-                tile, mb = raster(w, num_tiles, m_blocks)
+                tile, mb = raster(w, tile_info, m_blocks)
                 self.work(tiled_mma, tile, mb, tidx, sa_ptr, sb_ptr, sc_ptr, sq_ptr, ss_ptr, w_ptr,
                           scale_ptr, x_ptr, out_ptr, lora_ptr, p2e, tile_info, alpha, beta, clamp, out_scale, m, k,
                           n_out, top_k)

@@ -253,20 +253,20 @@ class WgmmaGroupedGemm(GroupedGemm):
         item_of_slot = storage.item_of_slot.get_tensor(cute.make_layout(self.stages))
         if warp < PRODUCER_THREADS // 32:
             cute.arch.setmaxregister_decrease(PRODUCER_REGS)
-            self.produce(tidx, warp, bx, num_ctas, items, num_tiles, m_blocks, k_blocks, tma_atom, tma_weights, sA,
+            self.produce(tidx, warp, bx, num_ctas, items, m_blocks, k_blocks, tma_atom, tma_weights, sA,
                          storage.sB.data_ptr(), full, empty, item_of_slot,
                          storage.next_item.get_tensor(cute.make_layout(2)), counters, x_ptr, p2e, tile_info, m, k,
                          top_k, scale_ptr, storage.sQ.data_ptr(), storage.sS.data_ptr())
         else:
             cute.arch.setmaxregister_increase(self.mma_regs)
-            self.consume(tidx - PRODUCER_THREADS, num_tiles, m_blocks, k_blocks, tiled_mma, sA,
+            self.consume(tidx - PRODUCER_THREADS, m_blocks, k_blocks, tiled_mma, sA,
                          sB, storage.sC.data_ptr(), full, empty, item_of_slot, out_ptr, lora_ptr, p2e, tile_info,
                          alpha, beta, clamp, out_scale, m, n_out, storage.sA.data_ptr(), storage.sQ.data_ptr(),
                          storage.sS.data_ptr())
 
     @cute.jit
-    def produce(self, tidx: Int32, warp: Int32, bx: Int32, num_ctas: Int32, items: Int32, num_tiles: Int32,
-                m_blocks: Int32, k_blocks: Int32, tma_atom: cute.CopyAtom, tma_weights: cute.Tensor,
+    def produce(self, tidx: Int32, warp: Int32, bx: Int32, num_ctas: Int32, items: Int32, m_blocks: Int32,
+                k_blocks: Int32, tma_atom: cute.CopyAtom, tma_weights: cute.Tensor,
                 sA: cute.Tensor, sb_ptr: cute.Pointer, full: cute.Pointer, empty: cute.Pointer,
                 item_of_slot: cute.Tensor, next_item: cute.Tensor, counters: cute.Tensor, x_ptr: cute.Pointer,
                 p2e: cute.Tensor, tile_info: cute.Tensor, m: Int32, k: Int32, top_k: Int32, scale_ptr: cute.Pointer,
@@ -300,7 +300,7 @@ class WgmmaGroupedGemm(GroupedGemm):
         w = bx
         parity = Int32(0)
         while w < items:
-            tile, mb = raster(w, num_tiles, m_blocks)
+            tile, mb = raster(w, tile_info, m_blocks)
             expert = tile_info[tile, 0]
             row0 = tile_info[tile, 1]
             # token rows of this thread (padding rows of FC1 read token 0 and are never stored)
@@ -356,7 +356,7 @@ class WgmmaGroupedGemm(GroupedGemm):
                 store_int(counters, DONE_COUNTER, Int32(0))
 
     @cute.jit
-    def consume(self, tidx: Int32, num_tiles: Int32, m_blocks: Int32,
+    def consume(self, tidx: Int32, m_blocks: Int32,
                 k_blocks: Int32, tiled_mma: cute.TiledMma, sA: cute.Tensor, sB: cute.Tensor, sc_ptr: cute.Pointer,
                 full: cute.Pointer, empty: cute.Pointer, item_of_slot: cute.Tensor, out_ptr: cute.Pointer,
                 lora_ptr: cute.Pointer,
@@ -387,7 +387,7 @@ class WgmmaGroupedGemm(GroupedGemm):
         cute.arch.mbarrier_wait(full + stage, phase)
         w = item_of_slot[stage]
         while w >= 0:
-            tile, mb = raster(w, num_tiles, m_blocks)
+            tile, mb = raster(w, tile_info, m_blocks)
             # the epilogue's tile fields, read now: their latency hides under the mainloop
             expert = tile_info[tile, 0]
             row0 = tile_info[tile, 1]

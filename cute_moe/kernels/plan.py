@@ -30,6 +30,7 @@ import cutlass.memory
 import cuda.bindings.driver as cuda
 from cutlass import Int32
 
+from ..plan import RASTER_TILES
 from . import runtime
 
 THREADS = 512
@@ -129,7 +130,12 @@ def _write_layout(tid: Int32, count: Int32, num_local: Int32, tile_rows: Int32, 
         tile_info[tile, 0] = lo
         tile_info[tile, 1] = s_offset[lo] + first
         tile_info[tile, 2] = n if n < tile_rows else tile_rows
-        tile_info[tile, 3] = Int32(0)
+        # raster group: the RASTER_TILES-tile chunk of the expert's tiles that holds this tile
+        first_tile = s_tile_start[lo]
+        chunk = first_tile + (tile - first_tile) // RASTER_TILES * RASTER_TILES
+        end = first_tile + (s_count[lo] + tile_rows - 1) // tile_rows
+        size = end - chunk if end - chunk < RASTER_TILES else RASTER_TILES
+        tile_info[tile, 3] = chunk * RASTER_TILES + size - 1
     return rows
 
 
