@@ -11,9 +11,10 @@ Warp roles (``cta_threads = 128 + 128 * warpgroups``):
   item it waits for a free ring slot, then one thread arms the slot's ``full`` barrier with the
   weight bytes and issues one TMA box (the ``bm x 64`` BlockMajorK block: ``bm`` rows of 128
   bytes, 128-byte swizzle), while all 128 threads gather the ``bn`` token rows with 16-byte
-  ``cp.async`` into the same swizzled layout (TMA cannot gather rows on SM90; FC1 reads
-  ``hidden_states`` through the plan's permutation, FC2 contiguous ``act`` rows) and signal the
-  barrier with ``cp.async.mbarrier.arrive.noinc``;
+  ``cp.async`` into the same swizzled layout (TMA cannot gather rows on SM90: FC1 reads
+  ``hidden_states`` through the plan's permutation) and signal the barrier with
+  ``cp.async.mbarrier.arrive.noinc``; FC2's contiguous ``act`` rows of bf16 experts come as a
+  second TMA box instead;
 * warpgroups 1.. the consumers (``setmaxnreg`` up to MMA_REGS): wait on ``full``, issue the k-block's
   4 ``wgmma.mma_async`` (m64 x bn x k16, bf16 -> f32, both operands from shared memory), keep one
   wgmma group in flight and release the previous slot on its ``empty`` barrier; after the last
@@ -128,6 +129,11 @@ class WgmmaGroupedGemm(GroupedGemm):
         if self.bn * CHUNKS_PER_ROW % PRODUCER_THREADS:
             raise ValueError(f"wgmma tile: bn = {self.bn} token rows do not split over the producer warpgroup")
         self.a_bytes = self.bm * BK * 2
+        # FC2's token rows are contiguous: one TMA box per k-block (bn rows of 128 bytes, the same
+        # swizzle), issued with the weights'; FC1 gathers rows and MXINT4 cp.asyncs its scales, so
+        # their producer threads load and arrive themselves
+        self.tma_tokens = not self.gather and not self.packed
+        self.full_arrivals = 1 if self.tma_tokens else 1 + PRODUCER_THREADS
         smem = tile.wgmma_int4_smem_bytes if self.packed else tile.smem_bytes
         if smem > SMEM_LIMIT:
             raise ValueError(f"tile {tile} needs {smem} bytes of shared memory (> {SMEM_LIMIT})")
@@ -183,6 +189,14 @@ class WgmmaGroupedGemm(GroupedGemm):
             box_layout, box = a_layout, (self.bm, BK)
         tma_atom, tma_weights = cute.nvgpu.cpasync.make_tiled_tma_atom(
             cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp(), weights, cute.slice_(box_layout, (None, None, 0)), box)
+        tma_atom_x, tma_x = tma_atom, tma_weights  # stand-ins where the producer threads load the rows
+        if cutlass.const_expr(self.tma_tokens):
+            # the FC2 input [rows, K] as (rows, (64, K/64)): k-block kb of tile t is the box (t, kb)
+            tokens = cute.make_tensor(x_ptr, cute.make_layout((max_tiles * self.bn, (BK, k_blocks)),
+                                                              stride=(k, (1, BK))))
+            tma_atom_x, tma_x = cute.nvgpu.cpasync.make_tiled_tma_atom(
+                cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp(), tokens, cute.slice_(b_layout, (None, None, 0)),
+                (self.bn, BK))
 
         tile_info, counters, p2e, alpha, beta, clamp, out_scale = self.plan_views(
             tile_info_ptr, counters_ptr, p2e_ptr, alpha_ptr, beta_ptr, clamp_ptr, out_scale_ptr, max_tiles,
@@ -207,7 +221,7 @@ class WgmmaGroupedGemm(GroupedGemm):
             next_item: cute.struct.MemRange[Int32, 2]  # the producer's queue answer, by item parity
 
         self.storage = Storage
-        self.kernel(tiled_mma, tma_atom, tma_weights, a_layout, b_layout, scale_ptr, x_ptr, out_ptr, lora_ptr, p2e,
+        self.kernel(tiled_mma, tma_atom, tma_weights, tma_atom_x, tma_x, a_layout, b_layout, scale_ptr, x_ptr, out_ptr, lora_ptr, p2e,
                     tile_info, counters, alpha, beta, clamp, out_scale, m, k, n_out, top_k).launch(
             grid=[num_ctas, 1, 1], block=[self.cta_threads, 1, 1], stream=stream, use_pdl=use_pdl,
             min_blocks_per_mp=self.min_ctas, preferred_smem_carveout=100)  # all of the SM's memory as shared
@@ -216,6 +230,7 @@ class WgmmaGroupedGemm(GroupedGemm):
 
     @cute.kernel
     def kernel(self, tiled_mma: cute.TiledMma, tma_atom: cute.CopyAtom, tma_weights: cute.Tensor,
+               tma_atom_x: cute.CopyAtom, tma_x: cute.Tensor,
                a_layout: cute.ComposedLayout, b_layout: cute.ComposedLayout, scale_ptr: cute.Pointer,
                x_ptr: cute.Pointer,
                out_ptr: cute.Pointer, lora_ptr: cute.Pointer, p2e: cute.Tensor, tile_info: cute.Tensor,
@@ -227,6 +242,8 @@ class WgmmaGroupedGemm(GroupedGemm):
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         if warp == 0:
             cute.nvgpu.cpasync.prefetch_descriptor(tma_atom)
+            if cutlass.const_expr(self.tma_tokens):
+                cute.nvgpu.cpasync.prefetch_descriptor(tma_atom_x)
 
         storage = cutlass.memory.SmemAllocator().allocate(self.storage)
         full = storage.full.data_ptr()
@@ -234,8 +251,9 @@ class WgmmaGroupedGemm(GroupedGemm):
         if warp == 0:
             with cute.arch.elect_one():
                 for s in cutlass.range_constexpr(self.stages):
-                    # full: the TMA thread's arrive (+ its bytes) and one cp.async arrive per producer thread
-                    cute.arch.mbarrier_init(full + s, 1 + PRODUCER_THREADS)
+                    # full: the TMA thread's arrive (+ its bytes) and, unless the token rows come by
+                    # TMA too, one cp.async arrive per producer thread
+                    cute.arch.mbarrier_init(full + s, self.full_arrivals)
                     cute.arch.mbarrier_init(empty + s, self.threads)
         cute.arch.mbarrier_init_fence()
         cute.arch.sync_threads()
@@ -253,8 +271,8 @@ class WgmmaGroupedGemm(GroupedGemm):
         item_of_slot = storage.item_of_slot.get_tensor(cute.make_layout(self.stages))
         if warp < PRODUCER_THREADS // 32:
             cute.arch.setmaxregister_decrease(PRODUCER_REGS)
-            self.produce(tidx, warp, bx, num_ctas, items, m_blocks, k_blocks, tma_atom, tma_weights, sA,
-                         storage.sB.data_ptr(), full, empty, item_of_slot,
+            self.produce(tidx, warp, bx, num_ctas, items, m_blocks, k_blocks, tma_atom, tma_weights, tma_atom_x,
+                         tma_x, sA, sB, storage.sB.data_ptr(), full, empty, item_of_slot,
                          storage.next_item.get_tensor(cute.make_layout(2)), counters, x_ptr, p2e, tile_info, m, k,
                          top_k, scale_ptr, storage.sQ.data_ptr(), storage.sS.data_ptr())
         else:
@@ -266,8 +284,8 @@ class WgmmaGroupedGemm(GroupedGemm):
 
     @cute.jit
     def produce(self, tidx: Int32, warp: Int32, bx: Int32, num_ctas: Int32, items: Int32, m_blocks: Int32,
-                k_blocks: Int32, tma_atom: cute.CopyAtom, tma_weights: cute.Tensor,
-                sA: cute.Tensor, sb_ptr: cute.Pointer, full: cute.Pointer, empty: cute.Pointer,
+                k_blocks: Int32, tma_atom: cute.CopyAtom, tma_weights: cute.Tensor, tma_atom_x: cute.CopyAtom,
+                tma_x: cute.Tensor, sA: cute.Tensor, sB: cute.Tensor, sb_ptr: cute.Pointer, full: cute.Pointer, empty: cute.Pointer,
                 item_of_slot: cute.Tensor, next_item: cute.Tensor, counters: cute.Tensor, x_ptr: cute.Pointer,
                 p2e: cute.Tensor, tile_info: cute.Tensor, m: Int32, k: Int32, top_k: Int32, scale_ptr: cute.Pointer,
                 sq_ptr: cute.Pointer, ss_ptr: cute.Pointer):
@@ -288,6 +306,12 @@ class WgmmaGroupedGemm(GroupedGemm):
         g_w = cute.local_tile(tma_weights, (self.bm, box_cols), (None, None, None))  # (bm, cols, m-block, k-block, L)
         tAsA, tAgA = cute.nvgpu.cpasync.tma_partition(tma_atom, 0, cute.make_layout(1),
                                                       cute.group_modes(s_box, 0, 2), cute.group_modes(g_w, 0, 2))
+        tBsB, tBgB = tAsA, tAgA
+        if cutlass.const_expr(self.tma_tokens):
+            box_bytes = box_bytes + self.bn * BK * 2
+            g_x = cute.local_tile(tma_x, (self.bn, BK), (None, None))  # (bn, 64, tile, k-block)
+            tBsB, tBgB = cute.nvgpu.cpasync.tma_partition(tma_atom_x, 0, cute.make_layout(1),
+                                                          cute.group_modes(sB, 0, 2), cute.group_modes(g_x, 0, 2))
         g2s = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.GLOBAL),
                                   BFloat16, num_bits_per_copy=128)
         vec = cute.make_layout(CHUNK)
@@ -306,7 +330,7 @@ class WgmmaGroupedGemm(GroupedGemm):
             # token rows of this thread (padding rows of FC1 read token 0 and are never stored)
             b_src = []
             b_dst = []
-            for i in cutlass.range_constexpr(self.b_loads):
+            for i in cutlass.range_constexpr(0 if self.tma_tokens else self.b_loads):
                 r = row_in + i * row_step
                 src_row = row0 + r
                 if cutlass.const_expr(self.gather):
@@ -323,14 +347,18 @@ class WgmmaGroupedGemm(GroupedGemm):
                             store_int(item_of_slot, stage, w)
                         cute.arch.mbarrier_arrive_and_expect_tx(full + stage, box_bytes)
                     cute.copy(tma_atom, tAgA[(None, mb, kb, expert)], tAsA[(None, stage)], tma_bar_ptr=full + stage)
+                    if cutlass.const_expr(self.tma_tokens):
+                        cute.copy(tma_atom_x, tBgB[(None, row0 // self.bn, kb)], tBsB[(None, stage)],
+                                  tma_bar_ptr=full + stage)
                 if cutlass.const_expr(self.packed):
                     self.load_scales(kb, stage, s_src, s_dst, s_ok, ss_ptr)
-                b_stage = stage * (self.bn * BK)
-                b_kb = cute.assume(kb * BK, divby=CHUNK)
-                for i in cutlass.range_constexpr(self.b_loads):
-                    cute.copy(g2s, cute.make_tensor(b_src[i] + b_kb, vec),
-                              cute.make_tensor(sb_ptr + cute.assume(b_stage + b_dst[i], divby=CHUNK), vec))
-                cute.arch.cp_async_mbarrier_arrive_noinc(full + stage)
+                if cutlass.const_expr(not self.tma_tokens):
+                    b_stage = stage * (self.bn * BK)
+                    b_kb = cute.assume(kb * BK, divby=CHUNK)
+                    for i in cutlass.range_constexpr(self.b_loads):
+                        cute.copy(g2s, cute.make_tensor(b_src[i] + b_kb, vec),
+                                  cute.make_tensor(sb_ptr + cute.assume(b_stage + b_dst[i], divby=CHUNK), vec))
+                    cute.arch.cp_async_mbarrier_arrive_noinc(full + stage)
                 stage = stage + 1
                 if stage == self.stages:
                     stage = Int32(0)
@@ -347,7 +375,8 @@ class WgmmaGroupedGemm(GroupedGemm):
             with cute.arch.elect_one():
                 store_int(item_of_slot, stage, Int32(-1))
                 cute.arch.mbarrier_arrive(full + stage)
-        cute.arch.mbarrier_arrive(full + stage)
+        if cutlass.const_expr(not self.tma_tokens):
+            cute.arch.mbarrier_arrive(full + stage)
         if tidx == 0:
             done = cute.arch.atomic_add((counters.iterator + DONE_COUNTER).llvm_ptr, Int32(1), sem="acq_rel",
                                         scope="gpu")
@@ -404,7 +433,8 @@ class WgmmaGroupedGemm(GroupedGemm):
                     a_slot = a_slot ^ 1
                 # the token rows arrived through cp.async (generic proxy), the dequantized weights
                 # were stored by this warpgroup: wgmma reads both through the async proxy
-                cute.arch.fence_proxy("async.shared", space="cta")
+                if cutlass.const_expr(not self.tma_tokens):
+                    cute.arch.fence_proxy("async.shared", space="cta")
                 if cutlass.const_expr(self.packed):
                     cute.arch.barrier(barrier_id=DEQUANT_BARRIER + warpgroup, number_of_threads=WARPGROUP)
                 cute.nvgpu.warpgroup.fence()
