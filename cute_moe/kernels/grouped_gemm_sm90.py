@@ -222,7 +222,8 @@ class WgmmaGroupedGemm(GroupedGemm):
 
         self.storage = Storage
         self.kernel(tiled_mma, tma_atom, tma_weights, tma_atom_x, tma_x, a_layout, b_layout, scale_ptr, x_ptr,
-                    out_ptr, lora_ptr, p2e, tile_info, counters, alpha, beta, clamp, out_scale, m, k, n_out, top_k).launch(
+                    out_ptr, lora_ptr, p2e, tile_info, counters, alpha, beta, clamp, out_scale, m, k, n_out,
+                    top_k).launch(
             grid=[num_ctas, 1, 1], block=[self.cta_threads, 1, 1], stream=stream, use_pdl=use_pdl,
             min_blocks_per_mp=self.min_ctas, preferred_smem_carveout=100)  # all of the SM's memory as shared
 
@@ -286,7 +287,8 @@ class WgmmaGroupedGemm(GroupedGemm):
     def produce(self, tidx: Int32, warp: Int32, bx: Int32, num_ctas: Int32, items: Int32, m_blocks: Int32,
                 k_blocks: Int32, tma_atom: cute.CopyAtom, tma_weights: cute.Tensor, tma_atom_x: cute.CopyAtom,
                 tma_x: cute.Tensor, sA: cute.Tensor, sB: cute.Tensor, sb_ptr: cute.Pointer, full: cute.Pointer,
-                empty: cute.Pointer, item_of_slot: cute.Tensor, next_item: cute.Tensor, counters: cute.Tensor, x_ptr: cute.Pointer,
+                empty: cute.Pointer, item_of_slot: cute.Tensor, next_item: cute.Tensor, counters: cute.Tensor,
+                x_ptr: cute.Pointer,
                 p2e: cute.Tensor, tile_info: cute.Tensor, m: Int32, k: Int32, top_k: Int32, scale_ptr: cute.Pointer,
                 sq_ptr: cute.Pointer, ss_ptr: cute.Pointer):
         """Fill ring slot after ring slot: k-block ``kb`` of item ``w`` -> slot ``(count) % stages``:
