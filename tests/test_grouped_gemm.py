@@ -164,10 +164,9 @@ WGMMA_PTX_NEEDLES = ["wgmma.mma_async.sync.aligned.m64n", "wgmma.commit_group", 
                      "setmaxnreg.inc.sync.aligned.u32 \t232", "setmaxnreg.dec.sync.aligned.u32 \t40",
                      "cp.async.bulk.tensor.4d.shared::cta.global.tile.mbarrier::complete_tx::bytes",
                      "mbarrier.try_wait.parity", "atom.global.add.u32", "atom.global.acq_rel.add.u32"]  # the work queue
-# token rows: gathered (FC1) or beside MXINT4 scales by the producer threads' cp.async; FC2's
-# contiguous rows of bf16 experts as a second TMA box
-CP_ASYNC_ROWS_NEEDLES = ["cp.async.cg.shared.global", "cp.async.mbarrier.arrive.noinc",
-                         "fence.proxy.async.shared::cta"]
+# token rows: gathered by the producer threads' cp.async (FC1), or FC2's contiguous rows as a
+# second TMA box; the threads arrive on the slot's barrier where they load rows or MXINT4 scales
+THREAD_LOADS_NEEDLES = ["cp.async.mbarrier.arrive.noinc", "fence.proxy.async.shared::cta"]
 TMA_ROWS_NEEDLES = ["cp.async.bulk.tensor.3d.shared::cta.global.tile.mbarrier::complete_tx::bytes"]
 # the epilogue: bulk row copies of the bf16 output tile, or (LoRA, or no room) the template's stores
 BULK_STORE_NEEDLES = ["cp.async.bulk.global.shared::cta.bulk_group", "cp.async.bulk.wait_group.read",
@@ -189,9 +188,10 @@ def test_wgmma_variant_compiles_for_sm90(name, make):
     needles = [n.replace(".4d.", ".5d.") for n in WGMMA_PTX_NEEDLES] + \
         ["cp.async.ca.shared.global", "lop3.b32", "st.shared.v4", ", 128;"] if kernel.packed else WGMMA_PTX_NEEDLES
     needles = needles + (BULK_STORE_NEEDLES if kernel.bulk_store else ["st.global.v4"])
-    needles = needles + (TMA_ROWS_NEEDLES if kernel.tma_tokens else CP_ASYNC_ROWS_NEEDLES)
-    assert kernel.tma_tokens == (not kernel.is_fc1 and not kernel.packed)
-    assert ("cp.async.cg.shared.global" in ptx) != kernel.tma_tokens, name
+    needles = needles + (TMA_ROWS_NEEDLES if kernel.tma_tokens else []) + (
+        THREAD_LOADS_NEEDLES if kernel.thread_loads else [])
+    assert kernel.tma_tokens == (not kernel.is_fc1) and kernel.thread_loads == (kernel.is_fc1 or kernel.packed)
+    assert ("cp.async.cg.shared.global" in ptx) == kernel.is_fc1, name
     for needle in needles:
         assert needle in ptx, f"{name}: '{needle}' missing from the PTX"
     assert ("cp.async.bulk.global" in ptx) == kernel.bulk_store, name

@@ -13,8 +13,8 @@ Warp roles (``cta_threads = 128 + 128 * warpgroups``):
   bytes, 128-byte swizzle), while all 128 threads gather the ``bn`` token rows with 16-byte
   ``cp.async`` into the same swizzled layout (TMA cannot gather rows on SM90: FC1 reads
   ``hidden_states`` through the plan's permutation) and signal the barrier with
-  ``cp.async.mbarrier.arrive.noinc``; FC2's contiguous ``act`` rows of bf16 experts come as a
-  second TMA box instead;
+  ``cp.async.mbarrier.arrive.noinc``; FC2's contiguous ``act`` rows come as a second TMA box
+  instead;
 * warpgroups 1.. the consumers (``setmaxnreg`` up to MMA_REGS): wait on ``full``, issue the k-block's
   4 ``wgmma.mma_async`` (m64 x bn x k16, bf16 -> f32, both operands from shared memory), keep one
   wgmma group in flight and release the previous slot on its ``empty`` barrier; after the last
@@ -130,10 +130,11 @@ class WgmmaGroupedGemm(GroupedGemm):
             raise ValueError(f"wgmma tile: bn = {self.bn} token rows do not split over the producer warpgroup")
         self.a_bytes = self.bm * BK * 2
         # FC2's token rows are contiguous: one TMA box per k-block (bn rows of 128 bytes, the same
-        # swizzle), issued with the weights'; FC1 gathers rows and MXINT4 cp.asyncs its scales, so
-        # their producer threads load and arrive themselves
-        self.tma_tokens = not self.gather and not self.packed
-        self.full_arrivals = 1 if self.tma_tokens else 1 + PRODUCER_THREADS
+        # swizzle), issued with the weights'. FC1 gathers its rows and MXINT4 cp.asyncs its scales:
+        # there the producer threads load too and each arrives on the slot's barrier
+        self.tma_tokens = not self.gather
+        self.thread_loads = self.gather or self.packed
+        self.full_arrivals = 1 + PRODUCER_THREADS if self.thread_loads else 1
         smem = tile.wgmma_int4_smem_bytes if self.packed else tile.smem_bytes
         if smem > SMEM_LIMIT:
             raise ValueError(f"tile {tile} needs {smem} bytes of shared memory (> {SMEM_LIMIT})")
@@ -360,6 +361,7 @@ class WgmmaGroupedGemm(GroupedGemm):
                     for i in cutlass.range_constexpr(self.b_loads):
                         cute.copy(g2s, cute.make_tensor(b_src[i] + b_kb, vec),
                                   cute.make_tensor(sb_ptr + cute.assume(b_stage + b_dst[i], divby=CHUNK), vec))
+                if cutlass.const_expr(self.thread_loads):
                     cute.arch.cp_async_mbarrier_arrive_noinc(full + stage)
                 stage = stage + 1
                 if stage == self.stages:
@@ -377,7 +379,7 @@ class WgmmaGroupedGemm(GroupedGemm):
             with cute.arch.elect_one():
                 store_int(item_of_slot, stage, Int32(-1))
                 cute.arch.mbarrier_arrive(full + stage)
-        if cutlass.const_expr(not self.tma_tokens):
+        if cutlass.const_expr(self.thread_loads):
             cute.arch.mbarrier_arrive(full + stage)
         if tidx == 0:
             done = cute.arch.atomic_add((counters.iterator + DONE_COUNTER).llvm_ptr, Int32(1), sem="acq_rel",
@@ -433,9 +435,9 @@ class WgmmaGroupedGemm(GroupedGemm):
                     self.dequantize_warpgroup(tidx % WARPGROUP, warpgroup, stage, a_slot, sq_ptr, ss_ptr, sa_ptr)
                     a_read = a_slot
                     a_slot = a_slot ^ 1
-                # the token rows arrived through cp.async (generic proxy), the dequantized weights
-                # were stored by this warpgroup: wgmma reads both through the async proxy
-                if cutlass.const_expr(not self.tma_tokens):
+                # token rows that arrived through cp.async (generic proxy) and the weights this
+                # warpgroup dequantized: wgmma reads them through the async proxy
+                if cutlass.const_expr(self.thread_loads):
                     cute.arch.fence_proxy("async.shared", space="cta")
                 if cutlass.const_expr(self.packed):
                     cute.arch.barrier(barrier_id=DEQUANT_BARRIER + warpgroup, number_of_threads=WARPGROUP)
