@@ -741,6 +741,21 @@ class GroupedGemm:
         else:
             self.store_fc2(tidx, sc_ptr, expert, row0, nrows, block, out_ptr, out_scale, m, n_out)
 
+    def expert_scalars(self, expert: Int32, alpha: cute.Tensor, beta: cute.Tensor, clamp: cute.Tensor,
+                       out_scale: cute.Tensor):
+        """The epilogue's per-expert scalars: SwiGLU alpha, beta and limit, and the output scale
+        (1, 0, 0, 1 where the kernel does not take them; read only where it does)."""
+        a_e, b_e, c_e, s_e = Float32(1.0), Float32(0.0), Float32(0.0), Float32(1.0)
+        if cutlass.const_expr(self.has_alpha):
+            a_e = alpha[expert]
+        if cutlass.const_expr(self.has_beta):
+            b_e = beta[expert]
+        if cutlass.const_expr(self.has_clamp):
+            c_e = clamp[expert]
+        if cutlass.const_expr(self.has_out_scale):
+            s_e = out_scale[expert]
+        return a_e, b_e, c_e, s_e
+
     @cute.jit
     def store_fc1(self, tidx: Int32, sc_ptr: cute.Pointer, expert: Int32, row0: Int32, nrows: Int32, mb: Int32,
                   out_ptr: cute.Pointer, lora_ptr: cute.Pointer, p2e: cute.Tensor, alpha: cute.Tensor,
@@ -749,18 +764,7 @@ class GroupedGemm:
         float32); columns past ``n_out`` belong to weight rows past M (a partial last m-block) and
         are skipped."""
         tasks = self.bn * self.vecs_per_row
-        a_e = Float32(1.0)
-        b_e = Float32(0.0)
-        c_e = Float32(0.0)
-        if cutlass.const_expr(self.has_alpha):
-            a_e = alpha[expert]
-        if cutlass.const_expr(self.has_beta):
-            b_e = beta[expert]
-        if cutlass.const_expr(self.has_clamp):
-            c_e = clamp[expert]
-        s_e = Float32(1.0)
-        if cutlass.const_expr(self.has_out_scale):
-            s_e = out_scale[expert]
+        a_e, b_e, c_e, s_e = self.expert_scalars(expert, alpha, beta, clamp, out_scale)
         out_vec = cute.make_layout(CHUNK)
         for it in cutlass.range_constexpr((tasks + self.threads - 1) // self.threads):
             q = tidx + it * self.threads

@@ -500,18 +500,7 @@ class WgmmaGroupedGemm(GroupedGemm):
         token row ``n`` to ``out[row0 + n, mb * out_cols ...]`` with one bulk copy (columns past the
         output width, a partial last m-block, are left out). The copies of the previous item
         have read ``sD`` before anyone writes it again."""
-        a_e = Float32(1.0)
-        b_e = Float32(0.0)
-        c_e = Float32(0.0)
-        if cutlass.const_expr(self.has_alpha):
-            a_e = alpha[expert]
-        if cutlass.const_expr(self.has_beta):
-            b_e = beta[expert]
-        if cutlass.const_expr(self.has_clamp):
-            c_e = clamp[expert]
-        s_e = Float32(1.0)
-        if cutlass.const_expr(self.has_out_scale):
-            s_e = out_scale[expert]
+        a_e, b_e, c_e, s_e = self.expert_scalars(expert, alpha, beta, clamp, out_scale)
         cute.arch.cp_async_bulk_wait_group(0, read=True)
         epilogue_sync.arrive_and_wait()
         tile_bytes = self.bn * self.out_stride
