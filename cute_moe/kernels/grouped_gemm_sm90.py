@@ -294,7 +294,8 @@ class WgmmaGroupedGemm(GroupedGemm):
                 sq_ptr: cute.Pointer, ss_ptr: cute.Pointer):
         """Fill ring slot after ring slot: k-block ``kb`` of item ``w`` -> slot ``(count) % stages``:
         one TMA box of weights (bf16: into ``sA``; MXINT4: the packed rows into the packed ring, the
-        scales by cp.async with the template's loader) and the token rows by cp.async.
+        scales by cp.async with the template's loader) and the token rows: gathered by cp.async
+        (FC1), or a second TMA box of contiguous rows (FC2).
 
         Work items come from a queue: CTA ``bx`` starts with item ``bx``, then takes ``num_ctas +``
         the next ticket of the plan's work counter, so the items in flight stay a window of
@@ -330,14 +331,12 @@ class WgmmaGroupedGemm(GroupedGemm):
             tile, mb = raster(w, tile_info, m_blocks)
             expert = tile_info[tile, 0]
             row0 = tile_info[tile, 1]
-            # token rows of this thread (padding rows of FC1 read token 0 and are never stored)
+            # gathered token rows of this thread (padding rows read token 0 and are never stored)
             b_src = []
             b_dst = []
             for i in cutlass.range_constexpr(0 if self.tma_tokens else self.b_loads):
                 r = row_in + i * row_step
-                src_row = row0 + r
-                if cutlass.const_expr(self.gather):
-                    src_row = cutlass.max(p2e[row0 + r], Int32(0)) // top_k
+                src_row = cutlass.max(p2e[row0 + r], Int32(0)) // top_k
                 b_src.append(x_ptr + cute.assume(src_row * k + chunk * CHUNK, divby=CHUNK))
                 b_dst.append(cute.assume(r * BK + (chunk ^ (r % 8)) * CHUNK, divby=CHUNK))
             if cutlass.const_expr(self.packed):
