@@ -133,6 +133,28 @@ BN_BY_ROWS: Dict[str, Tuple[Tuple[float, int], ...]] = {
     "dynamic": ((4.0, 8), (16.0, 32), (32.0, 64), (float("inf"), 128)),
     "wgmma": ((64.0, 64), (float("inf"), 128)),  # H200: 256x64 wins at 32 rows, ties 256x128 at 128
 }
+# bf16 weights on wgmma also take 192-row token tiles (256x192: a third less operand traffic per
+# FLOP than 256x128) where their padding is no worse than 128's: an expert of about 128 rows is
+# one tile of 192 or, as often, two of 128; of about 512, three of 192 or four to five of 128; of
+# about 256, two of 192 but two to three of 128. FC1 + FC2 on one H100 (us, tools/bench_gemm.py,
+# 256x128 s4/s3 against 256x192 s3/s3):
+#
+#   rows/expert  shape                    256x128   256x192
+#   128 (T=4096)   deepseek-v3            9145      8234
+#   128 (T=4096)   gpt-oss-120b           2817      2484
+#   256 (T=4096)   qwen3-30b-a3b          744       889
+#   256 (T=4096)   qwen3-235b-a22b        3066      3377
+#   512 (T=16384)  deepseek-v3            23079     20701
+#   512 (T=16384)  gpt-oss-120b           6957      6283
+#   1024 (T=4096)  mixtral-8x7b           5031      5219
+#   1024 (T=16384) qwen3-30b-a3b          2372      2451
+#   1024 (T=16384) qwen3-235b-a22b        9173      9008
+#   4096 (T=16384) mixtral-8x7b           18814     18331
+#
+# Above 768 rows the two are within a few percent either way: 128 stays. MXINT4 keeps 128 (its
+# packed rings and bf16 A slots leave no room for a 192-row token ring).
+_WGMMA_BF16_BN_BY_ROWS: Tuple[Tuple[float, int], ...] = (
+    (64.0, 64), (192.0, 192), (384.0, 128), (768.0, 192), (float("inf"), 128))
 
 
 def _t(bm, bn, wm, wn, stages, mma="warp") -> TileConfig:
@@ -172,6 +194,8 @@ _SM90_TILES: Dict[Tuple[str, int], Tuple[TileConfig, TileConfig, int, bool]] = {
 _SM90_WGMMA_TILES = {
     ("wgmma", 64): (_t(256, 64, 8, 1, 4, "wgmma"), _t(256, 64, 8, 1, 4, "wgmma"), 1, False),
     ("wgmma", 128): (_t(256, 128, 8, 1, 4, "wgmma"), _t(256, 128, 8, 1, 3, "wgmma"), 1, False),
+    # bf16 only (_WGMMA_BF16_BN_BY_ROWS); FC2's bf16 output tile leaves in two passes of 128 columns
+    ("wgmma", 192): (_t(256, 192, 8, 1, 3, "wgmma"), _t(256, 192, 8, 1, 3, "wgmma"), 1, False),
 }
 
 # SM120 has 99 KiB of shared memory per CTA: the 128-row tile of 128x128 with 4 warps replaces
@@ -232,7 +256,8 @@ def select_config(*, num_tokens: int, top_k: int, hidden_size: int, intermediate
     chosen = forced_variant(variant) or _first(table, rows)
     if chosen == "wgmma" and not wgmma_runs(arch, weight_kind):
         raise ValueError(f"variant 'wgmma' runs bf16 or mxint4 weights on sm_90a, got {weight_kind} weights on {arch}")
-    bn = _first(BN_BY_ROWS[chosen], rows)
+    bn_table = _WGMMA_BF16_BN_BY_ROWS if (chosen, weight_kind) == ("wgmma", "bf16") else BN_BY_ROWS[chosen]
+    bn = _first(bn_table, rows)
     tiles = _SM120_FP4_TILES if (arch, weight_kind) == ("sm_120a", "nvfp4") else TILES[arch]
     fc1, fc2, ctas, pdl = tiles[(chosen, bn)]
     return GemmConfig(chosen, fc1, fc2, ctas, pdl)

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 
 from cute_moe.enums import ActivationType
 from cute_moe.kernels import runtime
-from cute_moe.kernels.gemm_config import WGMMA_INT4_A_SLOTS, GemmConfig, TileConfig
+from cute_moe.kernels.gemm_config import SMEM_LIMIT, WGMMA_INT4_A_SLOTS, GemmConfig, TileConfig
 from cute_moe.kernels.grouped_gemm import GroupedGemm, example_args
 from cute_moe.kernels.grouped_gemm_sm90 import WgmmaGroupedGemm
-from cute_moe.select import ENV_VARIANT, TILES, select_config
+from cute_moe.select import BN_BY_ROWS, ENV_VARIANT, TILES, select_config
 
 REL_BOUND = 1e-2
 SWIGLU, RELU2 = int(ActivationType.Swiglu), int(ActivationType.Relu2)
@@ -149,8 +149,13 @@ WGMMA_VARIANTS = [
     ("wgmma_fc1_256x128_swiglu", lambda: WgmmaGroupedGemm("fc1", TileConfig(256, 128, 8, 1, 4, "wgmma"),
                                                           "persistent")),
     ("wgmma_fc2_256x128_s3", lambda: WgmmaGroupedGemm("fc2", TileConfig(256, 128, 8, 1, 3, "wgmma"), "persistent")),
-    # the bf16 output tile does not fit next to a 4-stage 256x128 ring: the float32 passes
+    # the bf16 output tile fits next to a 4-stage 256x128 ring in two passes of 128 columns
     ("wgmma_fc2_256x128_s4", lambda: WgmmaGroupedGemm("fc2", TileConfig(256, 128, 8, 1, 4, "wgmma"), "persistent")),
+    # 192-row token tiles: 12 gathered rows per producer thread (the wide-gather register split),
+    # FC2's output tile in two passes
+    ("wgmma_fc1_256x192_swiglu_oss", lambda: WgmmaGroupedGemm(
+        "fc1", TileConfig(256, 192, 8, 1, 3, "wgmma"), "persistent", has_alpha=True, has_beta=True, has_clamp=True)),
+    ("wgmma_fc2_256x192", lambda: WgmmaGroupedGemm("fc2", TileConfig(256, 192, 8, 1, 3, "wgmma"), "persistent")),
     # MXINT4: the producer cp.asyncs packed rows and scales, the MMA warpgroups dequantize
     ("wgmma_int4_fc1_256x128_swiglu_lora_oss", lambda: WgmmaGroupedGemm(
         "fc1", TileConfig(256, 128, 8, 1, 4, "wgmma"), "persistent", has_lora=True, has_alpha=True, has_beta=True,
@@ -161,7 +166,7 @@ WGMMA_VARIANTS = [
                                                        weight_format="mxint4")),
 ]
 WGMMA_PTX_NEEDLES = ["wgmma.mma_async.sync.aligned.m64n", "wgmma.commit_group", "wgmma.wait_group",
-                     "setmaxnreg.inc.sync.aligned.u32 \t232", "setmaxnreg.dec.sync.aligned.u32 \t40",
+                     "setmaxnreg.inc.sync.aligned.u32 \t{mma}", "setmaxnreg.dec.sync.aligned.u32 \t{producer}",
                      "cp.async.bulk.tensor.4d.shared::cta.global.tile.mbarrier::complete_tx::bytes",
                      "mbarrier.try_wait.parity", "atom.global.add.u32", "atom.global.acq_rel.add.u32"]  # the work queue
 # token rows: gathered by the producer threads' cp.async (FC1), or FC2's contiguous rows as a
@@ -187,6 +192,7 @@ def test_wgmma_variant_compiles_for_sm90(name, make):
     # named barrier
     needles = [n.replace(".4d.", ".5d.") for n in WGMMA_PTX_NEEDLES] + \
         ["cp.async.ca.shared.global", "lop3.b32", "st.shared.v4", ", 128;"] if kernel.packed else WGMMA_PTX_NEEDLES
+    needles = [n.format(mma=kernel.mma_regs, producer=kernel.producer_regs) for n in needles]
     needles = needles + (BULK_STORE_NEEDLES if kernel.bulk_store else ["st.global.v4"])
     needles = needles + (TMA_ROWS_NEEDLES if kernel.tma_tokens else []) + (
         THREAD_LOADS_NEEDLES if kernel.thread_loads else [])
@@ -271,18 +277,25 @@ def test_raster_visits_every_item_once_in_expert_groups(tile_rows):
 
 
 def test_wgmma_epilogue_takes_bulk_copies_where_the_tile_fits():
-    """The bf16 output tile sits next to the ring: FC2 256x128 (66 KiB) fits a 3-stage ring,
-    not a 4-stage one; a gated FC1 stores half the columns; LoRA keeps the float32 passes. Every
-    wgmma tile of the selector takes the bulk epilogue, bf16 and MXINT4."""
-    def make(op, stages, **kw):
-        return WgmmaGroupedGemm(op, TileConfig(256, 128, 8, 1, stages, "wgmma"), "persistent", **kw)
+    """The bf16 output tile sits next to the ring: FC2 256x128 (66 KiB) fits a 3-stage ring in
+    one pass, a 4-stage one in two passes of one m-repeat (128 columns) each, as does the 256x192
+    FC2; a gated FC1 stores half the columns; LoRA keeps the float32 passes. Every wgmma tile of
+    the selector takes the bulk epilogue, bf16 and MXINT4."""
+    def make(op, stages, bn=128, **kw):
+        return WgmmaGroupedGemm(op, TileConfig(256, bn, 8, 1, stages, "wgmma"), "persistent", **kw)
 
-    assert make("fc2", 3).bulk_store and not make("fc2", 4).bulk_store
-    assert make("fc1", 4).bulk_store and not make("fc1", 4, activation=RELU2).bulk_store
+    def passes(kernel):
+        assert kernel.bulk_store and kernel.pass_cols * kernel.bulk_passes == kernel.out_cols
+        assert kernel.tile.smem_bytes - kernel.tile.epilogue_bytes + kernel.bn * kernel.out_stride <= SMEM_LIMIT
+        return kernel.bulk_passes
+
+    assert passes(make("fc2", 3)) == 1 and passes(make("fc2", 4)) == 2 and passes(make("fc2", 3, bn=192)) == 2
+    assert passes(make("fc1", 4)) == 1 and passes(make("fc1", 3, bn=192)) == 1
+    assert passes(make("fc1", 4, activation=RELU2)) == 2
     assert not make("fc1", 3, has_lora=True).bulk_store
-    for (variant, _), (fc1, fc2, _, _) in TILES["sm_90a"].items():
+    for (variant, bn), (fc1, fc2, _, _) in TILES["sm_90a"].items():
         if variant == "wgmma":
-            for kind in ("bf16", "mxint4"):
+            for kind in ("bf16", "mxint4") if bn in {b for _, b in BN_BY_ROWS[variant]} else ("bf16",):
                 assert WgmmaGroupedGemm("fc1", fc1, "persistent", weight_format=kind).bulk_store, (fc1, kind)
                 assert WgmmaGroupedGemm("fc2", fc2, "persistent", weight_format=kind).bulk_store, (fc2, kind)
 
@@ -311,6 +324,23 @@ def test_wgmma_bulk_epilogue_pairs_are_neighbouring_output_columns():
                     assert r % 2 == 0 and unshuffled_row(p8) == r + 1, (name, p)
                     written += [(r, n), (r + 1, n)]
         assert sorted(written) == [(r, n) for r in range(bm) for n in range(bn)], name
+
+
+def test_wgmma_register_split_fits_the_launch_registers(monkeypatch):
+    """setmaxnreg.inc waits for registers the producer gave back: a split over the CTA's launch
+    registers would never return, so it is refused at construction. A 192-row token tile takes
+    the wide-gather split (12 gathered rows per producer thread)."""
+    from cute_moe.kernels import grouped_gemm_sm90 as sm90
+
+    for warpgroups, split in sm90.REGISTER_SPLIT.items():
+        assert sm90.register_split_fits(warpgroups, *split)
+    assert sm90.register_split_fits(2, *sm90.WIDE_GATHER_SPLIT)
+    assert not sm90.register_split_fits(2, 48, 232)  # 128 * (48 + 2 * 232) = 65536 > 384 * 168
+    wide = WgmmaGroupedGemm("fc1", TileConfig(256, 192, 8, 1, 3, "wgmma"), "persistent")
+    assert (wide.producer_regs, wide.mma_regs) == sm90.WIDE_GATHER_SPLIT
+    monkeypatch.setattr(sm90, "WIDE_GATHER_SPLIT", (48, 232))
+    with pytest.raises(ValueError, match="launch registers"):
+        WgmmaGroupedGemm("fc1", TileConfig(256, 192, 8, 1, 3, "wgmma"), "persistent")
 
 
 def test_wgmma_is_sm90_bf16_or_mxint4_only():
@@ -383,16 +413,21 @@ def test_selector_follows_routed_rows_per_expert(monkeypatch):
     monkeypatch.delenv(ENV_VARIANT, raising=False)
     kw = dict(top_k=8, hidden_size=2048, intermediate_size=768, local_num_experts=128, arch="sm_90a")
     decode = select_config(num_tokens=1, **kw)
-    prefill = select_config(num_tokens=8192, **kw)
+    prefill = select_config(num_tokens=16384, **kw)
     assert decode.variant == "micro" and decode.tile_rows == 8 and decode.pdl
     assert prefill.variant == "wgmma" and prefill.tile_rows == 128 and not prefill.pdl
     assert select_config(num_tokens=8192, **{**kw, "arch": "sm_120a"}).fc1.fits("sm_120a")
     previous = 0
-    for t in (1, 2, 8, 64, 256, 512, 1024, 4096, 16384):
+    for t in (1, 2, 8, 64, 256, 512, 1024):
         c = select_config(num_tokens=t, **kw)
         assert c.tile_rows >= previous, "token tile shrank as the load grew"
         previous = c.tile_rows
         assert c.fc1.bn == c.fc2.bn == c.tile_rows
+    # bf16 wgmma above 64 rows per expert: the token tile whose padding is no worse (select.py),
+    # 192 rows at about 128 and 512 rows per expert, 128 at about 256 and from 1024; MXINT4 128
+    for t, bn in ((2048, 192), (4096, 128), (8192, 192), (16384, 128)):
+        assert select_config(num_tokens=t, **kw).tile_rows == bn, t
+        assert select_config(num_tokens=t, weight_kind="mxint4", **kw).tile_rows == 128, t
 
 
 def test_selector_forced_variant(monkeypatch):
@@ -414,7 +449,9 @@ def test_every_table_tile_fits_its_arch(arch):
     for (variant, bn), (fc1, fc2, ctas, pdl) in TILES[arch].items():
         assert fc1.bn == fc2.bn == bn
         assert fc1.fits(arch) and fc2.fits(arch), f"{variant} bn={bn} does not fit {arch}"
-        assert fc1.fits(arch, int4=True) and fc2.fits(arch, int4=True), f"{variant} bn={bn} int4 exceeds {arch}"
+        # every tile the selector can choose for 4-bit weights fits them (192-row tokens: bf16 only)
+        if bn in {b for _, b in BN_BY_ROWS[variant]}:
+            assert fc1.fits(arch, int4=True) and fc2.fits(arch, int4=True), f"{variant} bn={bn} int4 exceeds {arch}"
         assert GemmConfig(variant, fc1, fc2, ctas, pdl).tile_rows == bn
 
 
@@ -436,6 +473,8 @@ def test_tile_config_rejects_bad_tiles():
         TileConfig(64, 8, 2, 2, 4)  # 8 token rows over 2 warps of 8-column MMAs
     with pytest.raises(ValueError, match="shared memory"):
         TileConfig(128, 128, 2, 4, 12)
+    with pytest.raises(ValueError, match="wgmma tiles only"):
+        TileConfig(256, 192, 4, 2, 3)
     with pytest.raises(ValueError, match="bn must match"):
         GemmConfig("static", TileConfig(64, 8, 4, 1, 4), TileConfig(64, 16, 4, 1, 4))
 
@@ -545,7 +584,7 @@ CASES = [
     *[Case(shape, 32, 4, t, tile=("wgmma", TileConfig(*a, mma="wgmma"), TileConfig(*a, mma="wgmma"), c))
       for shape, t in (("gptoss", 700), ("tiny", 300)) for a, c in (
           ((256, 128, 8, 1, 3), 1), ((256, 128, 8, 1, 4), 1), ((64, 128, 4, 1, 3), 2), ((256, 64, 8, 1, 5), 1),
-          ((128, 128, 4, 1, 3), 1))],
+          ((128, 128, 4, 1, 3), 1), ((256, 192, 8, 1, 3), 1))],
 ]
 
 _WEIGHTS = {}

@@ -70,7 +70,8 @@ SCHEDULE_OF_VARIANT = {"micro": "m_fastest", "static": "tiles_fastest", "dynamic
 SMEM_LIMIT = 227 * 1024  # opt-in shared memory per CTA on SM90 / SM100 (SM120: 99 KiB)
 SMEM_LIMIT_SM120 = 99 * 1024
 BM_CHOICES = (64, 128, 256)
-BN_CHOICES = (8, 16, 32, 64, 128)
+BN_CHOICES = (8, 16, 32, 64, 128, 192)
+WGMMA_ONLY_BN = (192,)  # token tiles of the SM90 instantiation only
 
 
 def c_row_stride(bm: int) -> int:
@@ -123,6 +124,8 @@ class TileConfig:
             raise ValueError(f"bm: expected one of {BM_CHOICES}, got {self.bm}")
         if self.bn not in BN_CHOICES:
             raise ValueError(f"bn: expected one of {BN_CHOICES}, got {self.bn}")
+        if self.bn in WGMMA_ONLY_BN and self.mma != "wgmma":
+            raise ValueError(f"bn = {self.bn}: wgmma tiles only, got a {self.mma} tile")
         if self.warps_m < 1 or self.warps_n < 1 or self.warps_m * self.warps_n not in (2, 4, 8):
             raise ValueError(f"warps: expected 2, 4 or 8 warps, got {self.warps_m} x {self.warps_n}")
         if self.bm % (self.warps_m * MMA_M) or self.bn % (self.warps_n * MMA_N):

@@ -7,7 +7,7 @@ rows (64 or 128 per MMA warpgroup: one or two m64 wgmma per k-step) by ``bn`` pe
 
 Warp roles (``cta_threads = 128 + 128 * warpgroups``):
 
-* warpgroup 0, the producer (``setmaxnreg`` down to PRODUCER_REGS): for every k-block of a work
+* warpgroup 0, the producer (``setmaxnreg`` down to its REGISTER_SPLIT share): for every k-block of a work
   item it waits for a free ring slot, then one thread arms the slot's ``full`` barrier with the
   weight bytes and issues one TMA box (the ``bm x 64`` BlockMajorK block: ``bm`` rows of 128
   bytes, 128-byte swizzle), while all 128 threads gather the ``bn`` token rows with 16-byte
@@ -15,15 +15,16 @@ Warp roles (``cta_threads = 128 + 128 * warpgroups``):
   ``hidden_states`` through the plan's permutation) and signal the barrier with
   ``cp.async.mbarrier.arrive.noinc``; FC2's contiguous ``act`` rows come as a second TMA box
   instead;
-* warpgroups 1.. the consumers (``setmaxnreg`` up to MMA_REGS): wait on ``full``, issue the k-block's
+* warpgroups 1.. the consumers (``setmaxnreg`` up to theirs): wait on ``full``, issue the k-block's
   4 ``wgmma.mma_async`` (m64 x bn x k16, bf16 -> f32, both operands from shared memory), keep one
   wgmma group in flight and release the previous slot on its ``empty`` barrier; after the last
   k-block comes the epilogue (``store_rows``): each thread holds, per token, prepared rows ``p``
   and ``p + 8``, i.e. two neighbouring output columns (or the up and gate halves of one
   intermediate), so it scales, activates and rounds them in registers into a bf16 tile of the
-  m-block's output columns, and every valid token row leaves as one ``cp.async.bulk`` copy that
-  runs under the next item's mainloop. With LoRA, or where that tile does not fit next to the
-  ring, the float32 tile ``sC[n, p]`` and the template's stores (``store_passes``) instead.
+  m-block's output columns (in two passes of one m-repeat each where all of them do not fit),
+  and every valid token row leaves as one ``cp.async.bulk`` copy that runs under the next
+  item's mainloop. With LoRA, or where no such tile fits next to the ring, the float32 tile
+  ``sC[n, p]`` and the template's stores (``store_passes``) instead.
 
 MXINT4 weights (``weight_format="mxint4"``): the producer's TMA box is the k-block's packed rows
 (``bm`` rows of 32 bytes: quarter ``kb % 4`` of the 128-byte blocks ``kb // 4``, a 5-D view) into
@@ -58,11 +59,16 @@ from .gemm_config import (BK, INT4_BLOCK_K, INT4_ROW_BYTES, INT4_SCALES_PER_KB, 
                           out_tile_stride)
 from .grouped_gemm import CHUNK, CHUNKS_PER_ROW, INT4_BLOCK_BYTES, SMEM_ALIGN, GroupedGemm, raster
 
-PRODUCER_REGS = 40  # the producer computes addresses only
-# Registers per MMA thread after setmaxnreg, by MMA warpgroups: two (384 threads, one CTA per SM,
-# 168 each at launch) or one (256 threads, two CTAs per SM: 128 at launch, so that one CTA's
-# epilogue overlaps the other's mainloop). Both give back what the producer releases.
-MMA_REGS = {2: 232, 1: 216}
+# (producer, MMA) registers per thread after setmaxnreg, by MMA warpgroups: two (384 threads, one
+# CTA per SM, 168 each at launch) or one (256 threads, two CTAs per SM: 128 at launch, so that one
+# CTA's epilogue overlaps the other's mainloop). The producer computes addresses only, the MMA
+# threads take what it gives back. A 192-row token tile gathers 12 rows per producer thread;
+# its tiles were measured and checked on the GPU with 48 producer registers (32 spill; 40 also
+# compiles without spills, not measured). setmaxnreg only moves the CTA's launch registers
+# between its warps: a split that asks for more never returns from setmaxnreg.inc
+# (register_split_fits).
+REGISTER_SPLIT = {2: (40, 232), 1: (40, 216)}
+WIDE_GATHER_SPLIT = (48, 224)  # two MMA warpgroups, more than 8 gathered rows per producer thread
 CTAS_PER_SM = {2: 1, 1: 2}
 EPILOGUE_BARRIER = 1  # named barrier of the MMA threads (0 is sync_threads)
 DEQUANT_BARRIER = 2  # MXINT4: + warpgroup, the named barrier of one MMA warpgroup
@@ -93,6 +99,15 @@ def store_int(tensor: cute.Tensor, index: Int32, value: Int32):
     tensor[index] = value
 
 
+def register_split_fits(warpgroups: int, producer: int, mma: int) -> bool:
+    """Whether ``producer`` registers per producer thread and ``mma`` per MMA thread fit the
+    registers a CTA of ``warpgroups`` MMA warpgroups holds at launch (65536 per SM over its
+    CTAs' threads, in steps of 8 per thread)."""
+    threads = WARPGROUP * (1 + warpgroups)
+    at_launch = 65536 // (CTAS_PER_SM[warpgroups] * threads) // 8 * 8
+    return WARPGROUP * (producer + warpgroups * mma) <= at_launch * threads
+
+
 def warpgroup_row(warpgroup, local, warpgroups):
     """Row ``local`` (``< bm / warpgroups``) of MMA warpgroup ``warpgroup``'s part of an m-block:
     m-repeat ``j`` of the tiled wgmma covers rows ``[j * rep, (j+1) * rep)``, ``rep = 64 *
@@ -115,8 +130,13 @@ class WgmmaGroupedGemm(GroupedGemm):
         super().__init__(op, tile, schedule, *args, weight_format=weight_format, **kwargs)
         self.cta_threads = tile.cta_threads
         self.warpgroups = tile.threads // 128
-        self.mma_regs = MMA_REGS[self.warpgroups]
+        self.b_loads = self.bn * CHUNKS_PER_ROW // PRODUCER_THREADS  # 16-byte chunks per producer thread
+        wide = self.warpgroups == 2 and self.b_loads > 8
+        self.producer_regs, self.mma_regs = WIDE_GATHER_SPLIT if wide else REGISTER_SPLIT[self.warpgroups]
         self.min_ctas = CTAS_PER_SM[self.warpgroups]
+        if not register_split_fits(self.warpgroups, self.producer_regs, self.mma_regs):
+            raise ValueError(f"registers: {self.producer_regs} per producer and {self.mma_regs} per MMA thread "
+                             f"exceed the launch registers of {self.min_ctas} CTA(s) per SM")
         # the epilogue tile holds epi_bm rows: m-block rows [h * epi_bm, (h+1) * epi_bm) in pass h.
         # Accumulator m-repeat j holds rows [j * rep_rows, (j+1) * rep_rows), 64 per warpgroup: a
         # pass takes whole repeats, or (64-row passes of two warpgroups) one warpgroup's part
@@ -125,7 +145,6 @@ class WgmmaGroupedGemm(GroupedGemm):
         rep_rows = self.warpgroups * WGMMA_M
         self.reps_per_pass = max(1, self.epi_bm // rep_rows)
         self.split_reps = self.epi_bm < rep_rows
-        self.b_loads = self.bn * CHUNKS_PER_ROW // PRODUCER_THREADS  # 16-byte chunks per producer thread
         if self.bn * CHUNKS_PER_ROW % PRODUCER_THREADS:
             raise ValueError(f"wgmma tile: bn = {self.bn} token rows do not split over the producer warpgroup")
         self.a_bytes = self.bm * BK * 2
@@ -142,10 +161,17 @@ class WgmmaGroupedGemm(GroupedGemm):
         # output columns, and each valid token row leaves as one bulk copy that runs under the
         # next item's mainloop; where that tile does not fit next to the ring (or with LoRA,
         # whose deltas are added per output vector) the float32 tile and the template's stores.
+        # The bf16 tile holds the m-block's columns, or (256x192 FC2, 256x128 FC2 of 4 stages)
+        # those of one accumulator m-repeat per pass, each pass's copies read before the next.
         self.out_cols = self.bm // 2 if self.gated else self.bm
-        self.out_stride = out_tile_stride(self.out_cols)
-        self.bulk_store = (not self.has_lora
-                           and smem - tile.epilogue_bytes + self.bn * self.out_stride <= SMEM_LIMIT)
+        reps = self.bm // (self.warpgroups * WGMMA_M)
+        ring = smem - tile.epilogue_bytes
+        fitting = [p for p in sorted({1, reps})
+                   if ring + self.bn * out_tile_stride(self.out_cols // p) <= SMEM_LIMIT]
+        self.bulk_store = not self.has_lora and bool(fitting)
+        self.bulk_passes = fitting[0] if fitting else 1
+        self.pass_cols = self.out_cols // self.bulk_passes
+        self.out_stride = out_tile_stride(self.pass_cols)
         if self.packed:
             # MXINT4: one k-block per ring slot, its scales cp.async-ed by the producer warpgroup;
             # each MMA warpgroup dequantizes its own rows, wg_units units of 32 values per thread
@@ -272,7 +298,7 @@ class WgmmaGroupedGemm(GroupedGemm):
 
         item_of_slot = storage.item_of_slot.get_tensor(cute.make_layout(self.stages))
         if warp < PRODUCER_THREADS // 32:
-            cute.arch.setmaxregister_decrease(PRODUCER_REGS)
+            cute.arch.setmaxregister_decrease(self.producer_regs)
             self.produce(tidx, warp, bx, num_ctas, items, m_blocks, k_blocks, tma_atom, tma_weights, tma_atom_x,
                          tma_x, sA, sB, storage.sB.data_ptr(), full, empty, item_of_slot,
                          storage.next_item.get_tensor(cute.make_layout(2)), counters, x_ptr, p2e, tile_info, m, k,
@@ -495,52 +521,57 @@ class WgmmaGroupedGemm(GroupedGemm):
                    epilogue_sync: cutlass.pipeline.NamedBarrier):
         """The bulk epilogue: every accumulator pair (prepared rows ``p``, ``p + 8`` of one token:
         unshuffled rows ``r``, ``r + 1``) is scaled, activated and rounded into the bf16 tile
-        ``sD[n, c]`` of the m-block's ``out_cols`` output columns; then thread ``n < nrows`` copies
-        token row ``n`` to ``out[row0 + n, mb * out_cols ...]`` with one bulk copy (columns past the
-        output width, a partial last m-block, are left out). The copies of the previous item
-        have read ``sD`` before anyone writes it again."""
+        ``sD[n, c]`` of ``pass_cols`` output columns; then thread ``n < nrows`` copies token row
+        ``n`` to ``out[row0 + n, ...]`` with one bulk copy (columns past the output width, a
+        partial last m-block, are left out). One pass holds the m-block's columns, or
+        ``bulk_passes`` passes those of one accumulator m-repeat each (the shuffle stays inside
+        32-row blocks, so an m-repeat's rows are whole output columns). The copies before have
+        read ``sD`` before anyone writes it again."""
         a_e, b_e, c_e, s_e = self.expert_scalars(expert, alpha, beta, clamp, out_scale)
-        cute.arch.cp_async_bulk_wait_group(0, read=True)
-        epilogue_sync.arrive_and_wait()
         tile_bytes = self.bn * self.out_stride
         halves = cute.make_tensor(cute.recast_ptr(sd_ptr, dtype=BFloat16), cute.make_layout(tile_bytes // 2))
         words = cute.make_tensor(cute.recast_ptr(sd_ptr, dtype=Int32), cute.make_layout(tile_bytes // 4))
         values, reps, cols = cute.size(acc, mode=[0]), cute.size(acc, mode=[1]), cute.size(acc, mode=[2])
-        for rep in cutlass.range_constexpr(reps):
-            for col in cutlass.range_constexpr(cols):
-                for v in cutlass.range_constexpr(values // 4):
-                    for c in cutlass.range_constexpr(2):
-                        # values (c, 0, v) and (c, 1, v) of the m64 atom: rows p and p + 8 of one token
-                        lo = acc[((c, 0, v), rep, col)]
-                        hi = acc[((c, 1, v), rep, col)]
-                        if cutlass.const_expr(self.has_out_scale):
-                            lo = lo * s_e
-                            hi = hi * s_e
-                        p, n = tCcC[((c, 0, v), rep, col)]
-                        r = epi.unshuffled_row(p)
-                        if cutlass.const_expr(self.gated):
-                            if cutlass.const_expr(self.oss):
-                                res = epi.swiglu_oss(lo, hi, a_e, b_e, c_e, self.has_alpha, self.has_beta,
-                                                     self.has_clamp)
-                            else:
-                                res = epi.swiglu(lo, hi)
-                            halves[n * (self.out_stride // 2) + r // 2] = BFloat16(res)
-                        else:
-                            if cutlass.const_expr(self.relu2):
-                                lo = epi.relu2(lo)
-                                hi = epi.relu2(hi)
-                            words[n * (self.out_stride // 4) + r // 2] = pack_bf16x2(lo, hi)
-        # the tile was written through the generic proxy; the bulk copies read it through the async one
-        cute.arch.fence_proxy("async.shared", space="cta")
-        epilogue_sync.arrive_and_wait()
+        reps_per_pass = reps // self.bulk_passes
+        rows_per_pass = self.bm // self.bulk_passes  # prepared (= unshuffled) rows of one pass
         width = n_out if cutlass.const_expr(self.is_fc1) else m
-        first = mb * self.out_cols
-        if (tidx < nrows) & (tidx < self.bn) & (first < width):
-            size = cutlass.min(Int32(self.out_cols), width - first) * 2
-            dst = out_ptr + (Int64(row0 + tidx) * Int64(n_out) + Int64(first))
-            src = cute.recast_ptr(sd_ptr, dtype=Uint8) + tidx * self.out_stride
-            bulk_copy_to_global(dst.toint(), src.toint(), size)
-        cute.arch.cp_async_bulk_commit_group()
+        for h in cutlass.range_constexpr(self.bulk_passes):
+            cute.arch.cp_async_bulk_wait_group(0, read=True)
+            epilogue_sync.arrive_and_wait()
+            for rep in cutlass.range_constexpr(h * reps_per_pass, (h + 1) * reps_per_pass):
+                for col in cutlass.range_constexpr(cols):
+                    for v in cutlass.range_constexpr(values // 4):
+                        for c in cutlass.range_constexpr(2):
+                            # values (c, 0, v) and (c, 1, v) of the m64 atom: rows p and p + 8 of one token
+                            lo = acc[((c, 0, v), rep, col)]
+                            hi = acc[((c, 1, v), rep, col)]
+                            if cutlass.const_expr(self.has_out_scale):
+                                lo = lo * s_e
+                                hi = hi * s_e
+                            p, n = tCcC[((c, 0, v), rep, col)]
+                            r = epi.unshuffled_row(p) - h * rows_per_pass
+                            if cutlass.const_expr(self.gated):
+                                if cutlass.const_expr(self.oss):
+                                    res = epi.swiglu_oss(lo, hi, a_e, b_e, c_e, self.has_alpha, self.has_beta,
+                                                         self.has_clamp)
+                                else:
+                                    res = epi.swiglu(lo, hi)
+                                halves[n * (self.out_stride // 2) + r // 2] = BFloat16(res)
+                            else:
+                                if cutlass.const_expr(self.relu2):
+                                    lo = epi.relu2(lo)
+                                    hi = epi.relu2(hi)
+                                words[n * (self.out_stride // 4) + r // 2] = pack_bf16x2(lo, hi)
+            # the tile was written through the generic proxy; the bulk copies read it through the async one
+            cute.arch.fence_proxy("async.shared", space="cta")
+            epilogue_sync.arrive_and_wait()
+            first = mb * self.out_cols + h * self.pass_cols
+            if (tidx < nrows) & (tidx < self.bn) & (first < width):
+                size = cutlass.min(Int32(self.pass_cols), width - first) * 2
+                dst = out_ptr + (Int64(row0 + tidx) * Int64(n_out) + Int64(first))
+                src = cute.recast_ptr(sd_ptr, dtype=Uint8) + tidx * self.out_stride
+                bulk_copy_to_global(dst.toint(), src.toint(), size)
+            cute.arch.cp_async_bulk_commit_group()
 
     def packed_ring_layout(self) -> cute.Layout:
         """MXINT4: the packed ring, (bm rows, 32 bytes, stages), one k-block per slot."""
