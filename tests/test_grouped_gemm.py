@@ -305,23 +305,28 @@ def test_wgmma_bulk_epilogue_pairs_are_neighbouring_output_columns():
     ``(c, 0, v)`` and ``(c, 1, v)`` as prepared rows ``p`` and ``p + 8`` of one token and writes
     them as unshuffled rows ``r``, ``r + 1`` (``r`` even: two output columns, or the up and gate
     halves of one intermediate): checked against the DSL's partition of the tiled wgmma and the
-    layouts module's shuffle, every (row, token) of the tile written once."""
+    layouts module's shuffle, every (row, token) of the tile written once. Accumulator m-repeat
+    ``j`` holds unshuffled rows ``[j * rep_rows, (j + 1) * rep_rows)`` only, so a pass of whole
+    m-repeats (``bulk_passes`` > 1) stores whole output columns."""
     from cute_moe.kernels.gemm_epilogue import unshuffled_row
     from cute_moe.layouts.row_shuffle import shuffle_source_rows
 
     tables = mma_layout_tables("wgmma_c", "sm_90a")
-    assert len(tables) == 3
+    assert len(tables) == 4
     for name, threads in tables.items():
         warpgroups, bm, bn = map(int, name.split("x"))
+        rep_rows = 64 * warpgroups
         assert [unshuffled_row(p) for p in range(bm)] == shuffle_source_rows(bm).tolist()
         written = []
         for values in threads:
+            per_rep = len(values) // (bm // rep_rows)  # values are listed m-repeat slowest
             for i in range(0, len(values), 4):  # (c, h) of one v: (0, 0), (1, 0), (0, 1), (1, 1)
                 for c in range(2):
                     (p, n), (p8, n8) = values[i + c], values[i + 2 + c]
                     assert (p8, n8) == (p + 8, n), (name, p, n)
                     r = unshuffled_row(p)
                     assert r % 2 == 0 and unshuffled_row(p8) == r + 1, (name, p)
+                    assert r // rep_rows == i // per_rep, (name, p, i)
                     written += [(r, n), (r + 1, n)]
         assert sorted(written) == [(r, n) for r in range(bm) for n in range(bn)], name
 
