@@ -48,6 +48,14 @@ def main() -> int:
                               (ids, w.float()), x, g1, g2, gemm1_lora_delta=lo, gemm1_alpha=pe, gemm1_beta=pe,
                               gemm1_clamp_limit=pe * 4, routing_method_type=int(RM.Renormalize), gemm_variant=v,
                               **kw)))
+    # 125 rows per expert: the 256x192 wgmma tiles (FC2's and Relu2 FC1's output tiles in two passes)
+    x = torch.randn(500, h, device=dev).to(torch.bfloat16)
+    logits = torch.randn(500, e, device=dev)
+    cases.append(("bf16 T=500 wgmma 256x192", lambda: cute_moe.trtllm_bf16_moe(
+        logits, None, x, g1, g2, routing_method_type=int(RM.Renormalize), gemm_variant="wgmma", **kw)))
+    cases.append(("relu2 T=500 wgmma 256x192", lambda: cute_moe.trtllm_bf16_moe(
+        logits, None, x, r1, r2, routing_method_type=int(RM.Default), activation_type=int(cute_moe.ActivationType.Relu2),
+        gemm_variant="wgmma", **kw)))
     # routing methods with bias, groups and replay
     t = 33
     logits = torch.randn(t, 64, device=dev)
