@@ -131,6 +131,8 @@ class WgmmaGroupedGemm(GroupedGemm):
         self.cta_threads = tile.cta_threads
         self.warpgroups = tile.threads // 128
         self.b_loads = self.bn * CHUNKS_PER_ROW // PRODUCER_THREADS  # 16-byte chunks per producer thread
+        if self.bn * CHUNKS_PER_ROW % PRODUCER_THREADS:
+            raise ValueError(f"wgmma tile: bn = {self.bn} token rows do not split over the producer warpgroup")
         wide = self.warpgroups == 2 and self.b_loads > 8
         self.producer_regs, self.mma_regs = WIDE_GATHER_SPLIT if wide else REGISTER_SPLIT[self.warpgroups]
         self.min_ctas = CTAS_PER_SM[self.warpgroups]
@@ -145,8 +147,6 @@ class WgmmaGroupedGemm(GroupedGemm):
         rep_rows = self.warpgroups * WGMMA_M
         self.reps_per_pass = max(1, self.epi_bm // rep_rows)
         self.split_reps = self.epi_bm < rep_rows
-        if self.bn * CHUNKS_PER_ROW % PRODUCER_THREADS:
-            raise ValueError(f"wgmma tile: bn = {self.bn} token rows do not split over the producer warpgroup")
         self.a_bytes = self.bm * BK * 2
         # FC2's token rows are contiguous: one TMA box per k-block (bn rows of 128 bytes, the same
         # swizzle), issued with the weights'. FC1 gathers its rows and MXINT4 cp.asyncs its scales:
@@ -164,9 +164,8 @@ class WgmmaGroupedGemm(GroupedGemm):
         # The bf16 tile holds the m-block's columns, or (256x192 FC2, 256x128 FC2 of 4 stages)
         # those of one accumulator m-repeat per pass, each pass's copies read before the next.
         self.out_cols = self.bm // 2 if self.gated else self.bm
-        reps = self.bm // (self.warpgroups * WGMMA_M)
         ring = smem - tile.epilogue_bytes
-        fitting = [p for p in sorted({1, reps})
+        fitting = [p for p in sorted({1, self.bm // rep_rows})
                    if ring + self.bn * out_tile_stride(self.out_cols // p) <= SMEM_LIMIT]
         self.bulk_store = not self.has_lora and bool(fitting)
         self.bulk_passes = fitting[0] if fitting else 1
