@@ -38,16 +38,26 @@ DEFAULT_ARCH = "sm_90a"
 #   128 (T=4096) deepseek-v3     44406 (64x16)    18396 (128x64)   12124 (256x128)   12323
 #   256 (T=4096) qwen3-30b-a3b   3237 (64x16)     1299 (128x64)    1093 (256x128)    949.7
 #
-# On SM90 the wgmma instantiation takes over above 16 rows per expert (H200: qwen3-30b-a3b T=512,
-# 32 rows: 317 vs 376 us; deepseek-v3 T=512, 16 rows: 5334 vs 5288, a tie; see _SM90_WGMMA_TILES).
+# On SM90 the wgmma instantiation takes over above 4 rows per expert. End to end on one H100
+# (us, cute-moe-bench --variants, preset routing):
 #
-# micro (with programmatic launch) streams the weights at the copy bandwidth up to 4 rows per
-# expert (101-104% of the copy floor); at 8 rows (deepseek-v3, T=256) persistent 128x32 beats it
-# (7543 vs 8879 us), so the bound is 4 (between 4 and 8 nothing was measured). The static grid
-# is never the fastest: it runs only when forced.
+#   rows/expert  shape            micro    dynamic  wgmma
+#   4 (T=128)    deepseek-v3      5248     4648     4275
+#   4 (T=128)    gpt-oss-120b     2053     2085     2047
+#   4 (T=64)     qwen3-30b-a3b    403      416      413
+#   6 (T=192)    deepseek-v3      6443     4861     4671
+#   6 (T=96)     qwen3-30b-a3b    412      435      419
+#   8 (T=256)    deepseek-v3      7600     5283     5015
+#   8 (T=256)    gpt-oss-120b     2327     2141     2086
+#   8 (T=128)    qwen3-30b-a3b    417      439      423
+#   16 (T=512)   deepseek-v3      8572     5967     5284
+#
+# From 4 rows on wgmma beats the persistent warp-MMA grid on every measured shape (its narrow
+# tails keep the padding of 64-row tiles small); micro stays up to 4 rows, where it wins on
+# qwen3-30b-a3b's short experts (2%) and loses on deepseek-v3 (23%).
+#
 _SM90_VARIANT_BY_ROWS: Tuple[Tuple[float, str], ...] = (
     (4.0, "micro"),
-    (16.0, "dynamic"),
     (float("inf"), "wgmma"),
 )
 # Arches without the warpgroup MMA use the warp-MMA family at every size (4-bit weights: their
@@ -134,27 +144,32 @@ BN_BY_ROWS: Dict[str, Tuple[Tuple[float, int], ...]] = {
     "wgmma": ((64.0, 64), (float("inf"), 128)),  # H200: 256x64 wins at 32 rows, ties 256x128 at 128
 }
 # bf16 weights on wgmma also take 192-row token tiles (256x192: a third less operand traffic per
-# FLOP than 256x128) where their padding is no worse than 128's: an expert of about 128 rows is
-# one tile of 192 or, as often, two of 128; of about 512, three of 192 or four to five of 128; of
-# about 256, two of 192 but two to three of 128. FC1 + FC2 on one H100 (us, tools/bench_gemm.py,
-# 256x128 s4/s3 against 256x192 s3/s3):
+# FLOP than 256x128). An expert's last tile runs the narrowest wgmma (64, 128 or 192 token rows)
+# that covers its rows (grouped_gemm_sm90.py), so a wide tile no longer pays for its padding: at
+# the preset routing of cute-moe-bench (uneven: deepseek-v3 T=4096 has experts of 0 to 1544
+# rows), FC1 + FC2 on one H100 (us, tools/bench_gemm.py --routing preset; 256x128 s4/s3 against
+# 256x192 s3/s3, both with the narrow tails):
 #
 #   rows/expert  shape                    256x128   256x192
-#   128 (T=4096)   deepseek-v3            9145      8234
-#   128 (T=4096)   gpt-oss-120b           2817      2484
-#   256 (T=4096)   qwen3-30b-a3b          744       889
-#   256 (T=4096)   qwen3-235b-a22b        3066      3377
-#   512 (T=16384)  deepseek-v3            23079     20701
-#   512 (T=16384)  gpt-oss-120b           6957      6283
-#   1024 (T=4096)  mixtral-8x7b           5031      5219
-#   1024 (T=16384) qwen3-30b-a3b          2372      2451
-#   1024 (T=16384) qwen3-235b-a22b        9173      9008
-#   4096 (T=16384) mixtral-8x7b           18814     18331
+#   32 (T=512)     qwen3-30b-a3b          430       446
+#   128 (T=512)    mixtral-8x7b           1147      996
+#   128 (T=4096)   deepseek-v3            8278      8131
+#   128 (T=4096)   gpt-oss-120b           2565      2415
+#   256 (T=4096)   qwen3-30b-a3b          699       745
+#   256 (T=4096)   qwen3-235b-a22b        2770      3011
+#   512 (T=16384)  deepseek-v3            22103     21184
+#   512 (T=16384)  gpt-oss-120b           6844      6207
+#   1024 (T=4096)  mixtral-8x7b           5396      4977
+#   1024 (T=16384) qwen3-235b-a22b        8868      8615
+#   4096 (T=16384) mixtral-8x7b           19485     18506
 #
-# Above 768 rows the two are within a few percent either way: 128 stays. MXINT4 keeps 128 (its
-# packed rings and bf16 A slots leave no room for a 192-row token ring).
+# At about 256 rows two tiles of 128 fit an expert as well as 192 + a 64-row tail, and win; end
+# to end (cute-moe-bench, same session) 192 against 128 above 384 rows: qwen3-30b-a3b T=16384
+# 2550 vs 2557 us, qwen3-235b-a22b 8788 vs 9018, mixtral-8x7b T=4096 4668 vs 4977, T=16384 17929
+# vs 19104. MXINT4 keeps 128 (its packed rings and bf16 A slots leave no room for a 192-row
+# token ring).
 _WGMMA_BF16_BN_BY_ROWS: Tuple[Tuple[float, int], ...] = (
-    (64.0, 64), (192.0, 192), (384.0, 128), (768.0, 192), (float("inf"), 128))
+    (64.0, 64), (192.0, 192), (384.0, 128), (float("inf"), 192))
 
 
 def _t(bm, bn, wm, wn, stages, mma="warp") -> TileConfig:

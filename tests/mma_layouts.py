@@ -65,7 +65,7 @@ def describe_wgmma():
 def describe_wgmma_c():
     import cutlass.utils.hopper_helpers as sm90_utils
 
-    for warpgroups, bm, bn in ((2, 256, 128), (2, 256, 192), (2, 128, 64), (1, 64, 128)):
+    for warpgroups, bm, bn in ((2, 256, 128), (2, 256, 192), (2, 256, 64), (2, 128, 64), (1, 64, 128)):
         tiled = sm90_utils.make_trivial_tiled_mma(
             cutlass.BFloat16, cutlass.BFloat16, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
             cutlass.Float32, (warpgroups, 1, 1), tiler_mn=(64, bn))

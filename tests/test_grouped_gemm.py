@@ -196,6 +196,8 @@ def test_wgmma_variant_compiles_for_sm90(name, make):
     needles = needles + (BULK_STORE_NEEDLES if kernel.bulk_store else ["st.global.v4"])
     needles = needles + (TMA_ROWS_NEEDLES if kernel.tma_tokens else []) + (
         THREAD_LOADS_NEEDLES if kernel.thread_loads else [])
+    # one wgmma per width: the tile's, and the narrower ones of items with fewer token rows
+    needles = needles + [f"wgmma.mma_async.sync.aligned.m64n{w}k16" for w in kernel.tail_widths + (kernel.bn,)]
     assert kernel.tma_tokens == (not kernel.is_fc1) and kernel.thread_loads == (kernel.is_fc1 or kernel.packed)
     assert ("cp.async.cg.shared.global" in ptx) == kernel.is_fc1, name
     for needle in needles:
@@ -312,7 +314,7 @@ def test_wgmma_bulk_epilogue_pairs_are_neighbouring_output_columns():
     from cute_moe.layouts.row_shuffle import shuffle_source_rows
 
     tables = mma_layout_tables("wgmma_c", "sm_90a")
-    assert len(tables) == 4
+    assert len(tables) == 5
     for name, threads in tables.items():
         warpgroups, bm, bn = map(int, name.split("x"))
         rep_rows = 64 * warpgroups
@@ -329,6 +331,24 @@ def test_wgmma_bulk_epilogue_pairs_are_neighbouring_output_columns():
                     assert r // rep_rows == i // per_rep, (name, p, i)
                     written += [(r, n), (r + 1, n)]
         assert sorted(written) == [(r, n) for r in range(bm) for n in range(bn)], name
+
+
+def test_wgmma_narrow_tail_accumulators_are_a_prefix_of_the_tile():
+    """An item with fewer token rows runs the wgmma of width ``w`` < bn into a view of the bn-wide
+    accumulators (``WgmmaGroupedGemm.narrow_mma``): value ``((c, h, v), rep)`` of the narrow MMA
+    must be value ``((c, h, v), rep)`` of the full one for ``v < w / 8``, the same (row, token) of
+    the same thread; the epilogue then reads the narrow values with the full tile's meaning."""
+    tables = mma_layout_tables("wgmma_c", "sm_90a")
+    for bn, widths in ((192, (64, 128)), (128, (64,))):
+        assert WgmmaGroupedGemm("fc1", TileConfig(256, bn, 8, 1, 3, "wgmma"), "persistent").tail_widths == widths
+        full = tables[f"2x256x{bn}"]
+        for w in widths:
+            narrow = tables[f"2x256x{w}"]
+            for thread, (f_values, n_values) in enumerate(zip(full, narrow)):
+                per_rep_full, per_rep_narrow = len(f_values) // 2, len(n_values) // 2  # two m-repeats
+                prefix = [f_values[rep * per_rep_full + i] for rep in range(2) for i in range(per_rep_narrow)]
+                assert prefix == n_values, (bn, w, thread)
+                assert all(n < w for _, n in n_values)
 
 
 def test_wgmma_register_split_fits_the_launch_registers(monkeypatch):
@@ -420,7 +440,7 @@ def test_selector_follows_routed_rows_per_expert(monkeypatch):
     decode = select_config(num_tokens=1, **kw)
     prefill = select_config(num_tokens=16384, **kw)
     assert decode.variant == "micro" and decode.tile_rows == 8 and decode.pdl
-    assert prefill.variant == "wgmma" and prefill.tile_rows == 128 and not prefill.pdl
+    assert prefill.variant == "wgmma" and prefill.tile_rows == 192 and not prefill.pdl
     assert select_config(num_tokens=8192, **{**kw, "arch": "sm_120a"}).fc1.fits("sm_120a")
     previous = 0
     for t in (1, 2, 8, 64, 256, 512, 1024):
@@ -428,9 +448,11 @@ def test_selector_follows_routed_rows_per_expert(monkeypatch):
         assert c.tile_rows >= previous, "token tile shrank as the load grew"
         previous = c.tile_rows
         assert c.fc1.bn == c.fc2.bn == c.tile_rows
-    # bf16 wgmma above 64 rows per expert: the token tile whose padding is no worse (select.py),
-    # 192 rows at about 128 and 512 rows per expert, 128 at about 256 and from 1024; MXINT4 128
-    for t, bn in ((2048, 192), (4096, 128), (8192, 192), (16384, 128)):
+    # SM90 above 4 rows per expert: wgmma; bf16 above 64 rows the measured token tile
+    # (select.py): 192 rows except at about 256 rows per expert (two tiles of 128); MXINT4 128
+    for t, variant in ((64, "micro"), (65, "wgmma"), (512, "wgmma")):
+        assert select_config(num_tokens=t, **kw).variant == variant, t
+    for t, bn in ((2048, 192), (4096, 128), (8192, 192), (16384, 192)):
         assert select_config(num_tokens=t, **kw).tile_rows == bn, t
         assert select_config(num_tokens=t, weight_kind="mxint4", **kw).tile_rows == 128, t
 

@@ -4,8 +4,10 @@
                                [--variants auto micro static dynamic] [--tiles] [--no-torch]
                                [--experts N] [--json out.json]
 
-Per shape (all experts local, uniform random top-k routing, four routings rotated so the weights
-of one call are not in L2 for the next) and token count it prints, in microseconds (median of
+Per shape (all experts local, uniform random top-k routing, or with ``--routing preset`` the
+routing ``cute-moe-bench`` times: the preset's method on random logits, whose experts' loads are
+uneven; four routings rotated so the weights of one call are not in L2 for the next) and token
+count it prints, in microseconds (median of
 CUDA-graph replays, cute_moe.bench.measure.time_graph):
 
 * ``fc1``, ``fc2``, ``total``: the grouped GEMMs of the selector's config (``auto``) or of a forced
@@ -31,6 +33,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from cute_moe.bench.cases import make_input_sets  # noqa: E402
 from cute_moe.bench.floors import floors_for  # noqa: E402
 from cute_moe.bench.measure import measure_ceilings, time_graph  # noqa: E402
 from cute_moe.bench.presets import PRESETS  # noqa: E402
@@ -42,7 +45,10 @@ from cute_moe.select import TILES, select_config  # noqa: E402
 ROTATIONS = 4
 
 
-def _routings(t: int, e: int, k: int):
+def _routings(shape, t: int, how: str):
+    if how == "preset":
+        return [s.topk_ids for s in make_input_sets(shape, t, ROTATIONS)]
+    e, k = shape.num_experts, shape.top_k
     return [torch.rand(t, e, device="cuda").argsort(dim=1)[:, :k].to(torch.int32) for _ in range(ROTATIONS)]
 
 
@@ -155,6 +161,8 @@ def main(argv=None):
     p.add_argument("--tiles", action="store_true", help="time every (variant, bn) of the selector table")
     p.add_argument("--sweep", action="store_true", help="time the SWEEP candidates that suit each T")
     p.add_argument("--config", nargs="*", default=[], help="extra configs: " + parse_config.__doc__)
+    p.add_argument("--routing", choices=("uniform", "preset"), default="uniform",
+                   help="uniform random top-k, or the preset's routing method on random logits")
     p.add_argument("--reps", type=int, default=50, help="graph replays per timing")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--experts", type=int, default=0, help="experts per shape (default: the model's)")
@@ -179,7 +187,7 @@ def main(argv=None):
         print(f"\n{name}: H={s.hidden_size} I={s.intermediate_size} E={s.num_experts} top_k={s.top_k}")
         print(head, flush=True)
         for t in args.tokens:
-            routings = _routings(t, s.num_experts, s.top_k)
+            routings = _routings(s, t, args.routing)
             fl = [floors_for(s, ids, t, ceilings) for ids in routings]
             byte_floor = sum(f.byte_floor_us for f in fl) / len(fl)
             flop_floor = sum(f.flop_floor_us for f in fl) / len(fl)

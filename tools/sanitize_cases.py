@@ -51,17 +51,17 @@ def main() -> int:
     # 125 rows per expert: the 256x192 wgmma tiles (FC2's and Relu2 FC1's output tiles in two passes)
     x = torch.randn(500, h, device=dev).to(torch.bfloat16)
     logits = torch.randn(500, e, device=dev)
-    cases.append(("bf16 T=500 wgmma 256x192", lambda: cute_moe.trtllm_bf16_moe(
-        logits, None, x, g1, g2, routing_method_type=int(RM.Renormalize), gemm_variant="wgmma", **kw)))
-    cases.append(("relu2 T=500 wgmma 256x192", lambda: cute_moe.trtllm_bf16_moe(
-        logits, None, x, r1, r2, routing_method_type=int(RM.Default), activation_type=int(cute_moe.ActivationType.Relu2),
+    cases.append(("bf16 T=500 wgmma 256x192", lambda x=x, lg=logits: cute_moe.trtllm_bf16_moe(
+        lg, None, x, g1, g2, routing_method_type=int(RM.Renormalize), gemm_variant="wgmma", **kw)))
+    cases.append(("relu2 T=500 wgmma 256x192", lambda x=x, lg=logits: cute_moe.trtllm_bf16_moe(
+        lg, None, x, r1, r2, routing_method_type=int(RM.Default), activation_type=int(cute_moe.ActivationType.Relu2),
         gemm_variant="wgmma", **kw)))
     # routing methods with bias, groups and replay
     t = 33
     logits = torch.randn(t, 64, device=dev)
     bias = torch.randn(64, device=dev).to(torch.bfloat16)
     replay = torch.empty(t, 8, dtype=torch.int16, device=dev)
-    cases.append(("route DeepSeekV3 grouped + bias + replay", lambda: cute_moe.route(
+    cases.append(("route DeepSeekV3 grouped + bias + replay", lambda logits=logits, bias=bias: cute_moe.route(
         logits, bias, 8, RM.DeepSeekV3, n_group=8, topk_group=4, routed_scaling_factor=2.5,
         routing_replay_out=replay)))
     for method in (RM.Default, RM.Llama4, RM.RenormalizeNaive, RM.SigmoidRenorm):

@@ -59,6 +59,7 @@ MMA_KINDS = ("warp", "wgmma")
 WGMMA_WEIGHT_KINDS = ("bf16", "mxint4")  # weight formats of the wgmma instantiation
 WGMMA_M = 64  # weight rows of one warpgroup's wgmma.mma_async
 WGMMA_EPILOGUE_ROWS = 128
+WGMMA_TAIL_N = 64  # granularity of the narrower wgmma a tile's last token rows take (its ragged tail)
 WGMMA_INT4_A_SLOTS = 2  # dequantized bf16 k-blocks of a wgmma tile with MXINT4 weights
 PRODUCER_THREADS = 128
 BARRIER_BYTES = 128  # the ring's mbarriers, after the operand and epilogue buffers

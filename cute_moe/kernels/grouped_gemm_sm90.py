@@ -17,7 +17,10 @@ Warp roles (``cta_threads = 128 + 128 * warpgroups``):
   instead;
 * warpgroups 1.. the consumers (``setmaxnreg`` up to theirs): wait on ``full``, issue the k-block's
   4 ``wgmma.mma_async`` (m64 x bn x k16, bf16 -> f32, both operands from shared memory), keep one
-  wgmma group in flight and release the previous slot on its ``empty`` barrier; after the last
+  wgmma group in flight and release the previous slot on its ``empty`` barrier. An item whose
+  token rows fill only part of the tile (an expert's last tile) runs a narrower wgmma instead,
+  m64 x w x k16 over the first ``w`` rows (``w`` the smallest multiple of 64 that covers them),
+  and the bulk epilogue over those columns only; the producer gathers no padding rows. After the last
   k-block comes the epilogue (``store_rows``): each thread holds, per token, prepared rows ``p``
   and ``p + 8``, i.e. two neighbouring output columns (or the up and gate halves of one
   intermediate), so it scales, activates and rounds them in registers into a bf16 tile of the
@@ -55,7 +58,7 @@ from cutlass.cutlass_dsl import T
 
 from . import gemm_epilogue as epi
 from .gemm_config import (BK, INT4_BLOCK_K, INT4_ROW_BYTES, INT4_SCALES_PER_KB, PRODUCER_THREADS, SMEM_LIMIT,
-                          WGMMA_INT4_A_SLOTS, WGMMA_M, WGMMA_WEIGHT_KINDS, TileConfig, c_row_stride,
+                          WGMMA_INT4_A_SLOTS, WGMMA_M, WGMMA_TAIL_N, WGMMA_WEIGHT_KINDS, TileConfig, c_row_stride,
                           out_tile_stride)
 from .grouped_gemm import CHUNK, CHUNKS_PER_ROW, INT4_BLOCK_BYTES, SMEM_ALIGN, GroupedGemm, raster
 
@@ -148,6 +151,12 @@ class WgmmaGroupedGemm(GroupedGemm):
         self.reps_per_pass = max(1, self.epi_bm // rep_rows)
         self.split_reps = self.epi_bm < rep_rows
         self.a_bytes = self.bm * BK * 2
+        # An expert's last tile holds its leftover rows, bn / 2 of them on average: those tiles run a
+        # narrower wgmma over just the first tail_widths[i] token rows (wgmma's N is fixed per
+        # instruction), the smallest one that covers the tile's rows
+        self.tail_widths = tuple(range(WGMMA_TAIL_N, self.bn, WGMMA_TAIL_N))
+        if len(self.tail_widths) > 2:
+            raise ValueError(f"wgmma tile: bn = {self.bn} needs more than the three mainloop widths consume() chains")
         # FC2's token rows are contiguous: one TMA box per k-block (bn rows of 128 bytes, the same
         # swizzle), issued with the weights'. FC1 gathers its rows and MXINT4 cp.asyncs its scales:
         # there the producer threads load too and each arrives on the slot's barrier
@@ -356,14 +365,18 @@ class WgmmaGroupedGemm(GroupedGemm):
             tile, mb = raster(w, tile_info, m_blocks)
             expert = tile_info[tile, 0]
             row0 = tile_info[tile, 1]
-            # gathered token rows of this thread (padding rows read token 0 and are never stored)
+            # gathered token rows of this thread; padding rows are not loaded: their accumulator
+            # columns are never stored (the consumers' narrower wgmma leaves most of them out)
+            nrows = tile_info[tile, 2]
             b_src = []
             b_dst = []
+            b_ok = []
             for i in cutlass.range_constexpr(0 if self.tma_tokens else self.b_loads):
                 r = row_in + i * row_step
                 src_row = cutlass.max(p2e[row0 + r], Int32(0)) // top_k
                 b_src.append(x_ptr + cute.assume(src_row * k + chunk * CHUNK, divby=CHUNK))
                 b_dst.append(cute.assume(r * BK + (chunk ^ (r % 8)) * CHUNK, divby=CHUNK))
+                b_ok.append(r < nrows)
             if cutlass.const_expr(self.packed):
                 s_src, s_dst, s_ok = self.packed_scale_sources(tidx, expert, mb, scale_ptr, m, k)
             for kb in cutlass.range(k_blocks, unroll=1):
@@ -383,8 +396,9 @@ class WgmmaGroupedGemm(GroupedGemm):
                     b_stage = stage * (self.bn * BK)
                     b_kb = cute.assume(kb * BK, divby=CHUNK)
                     for i in cutlass.range_constexpr(self.b_loads):
-                        cute.copy(g2s, cute.make_tensor(b_src[i] + b_kb, vec),
-                                  cute.make_tensor(sb_ptr + cute.assume(b_stage + b_dst[i], divby=CHUNK), vec))
+                        if b_ok[i]:
+                            cute.copy(g2s, cute.make_tensor(b_src[i] + b_kb, vec),
+                                      cute.make_tensor(sb_ptr + cute.assume(b_stage + b_dst[i], divby=CHUNK), vec))
                 if cutlass.const_expr(self.thread_loads):
                     cute.arch.cp_async_mbarrier_arrive_noinc(full + stage)
                 stage = stage + 1
@@ -435,9 +449,14 @@ class WgmmaGroupedGemm(GroupedGemm):
         tCsC = thr_mma.partition_C(sC)
         tCcC = thr_mma.partition_C(cute.make_identity_tensor((self.bm, self.bn)))  # (row, token) of each value
         k_steps = cute.size(tCrA, mode=[2])
+        tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
+        # (wgmma, accumulators, B fragments) by width: the tails' views are prefixes of the full
+        # tile's, the first w token rows of every slot and the accumulators of their columns
+        by_width = [self.narrow_mma(tidx, w, acc, sB) for w in self.tail_widths] + [(tiled_mma, acc, tCcC, tCrB)]
         warpgroup = cute.arch.make_warp_uniform(tidx // 128)
         epilogue_sync = cutlass.pipeline.NamedBarrier(barrier_id=EPILOGUE_BARRIER, num_threads=self.threads)
-        tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
+        fixed = (tidx, warpgroup, k_blocks, k_steps, tCrA, acc, tCsC, full, empty, sc_ptr, sq_ptr, ss_ptr, sa_ptr,
+                 out_ptr, lora_ptr, p2e, alpha, beta, clamp, out_scale, m, n_out, epilogue_sync)
         stage = Int32(0)
         phase = Int32(0)
         a_slot = Int32(0)
@@ -450,47 +469,120 @@ class WgmmaGroupedGemm(GroupedGemm):
             row0 = tile_info[tile, 1]
             nrows = tile_info[tile, 2]
             acc.fill(0.0)
-            prev = Int32(0)
-            for kb in cutlass.range(k_blocks, unroll=1):
-                if kb > 0:  # the item's first slot was waited for with its item number
-                    cute.arch.mbarrier_wait(full + stage, phase)
-                a_read = stage
-                if cutlass.const_expr(self.packed):
-                    self.dequantize_warpgroup(tidx % WARPGROUP, warpgroup, stage, a_slot, sq_ptr, ss_ptr, sa_ptr)
-                    a_read = a_slot
-                    a_slot = a_slot ^ 1
-                # token rows that arrived through cp.async (generic proxy) and the weights this
-                # warpgroup dequantized: wgmma reads them through the async proxy
-                if cutlass.const_expr(self.thread_loads):
-                    cute.arch.fence_proxy("async.shared", space="cta")
-                if cutlass.const_expr(self.packed):
-                    cute.arch.barrier(barrier_id=DEQUANT_BARRIER + warpgroup, number_of_threads=WARPGROUP)
-                cute.nvgpu.warpgroup.fence()
-                for kk in cutlass.range_constexpr(k_steps):
-                    cute.gemm(tiled_mma, acc, tCrA[(None, None, kk, a_read)], tCrB[(None, None, kk, stage)], acc)
-                cute.nvgpu.warpgroup.commit_group()
-                # the group of k-block kb - 1 has finished: its slot goes back to the producer
-                cute.nvgpu.warpgroup.wait_group(1)
-                if kb > 0:
-                    cute.arch.mbarrier_arrive(empty + prev)
-                prev = stage
-                stage = stage + 1
-                if stage == self.stages:
-                    stage = Int32(0)
-                    phase = phase ^ 1
-            cute.nvgpu.warpgroup.wait_group(0)
-            cute.arch.mbarrier_arrive(empty + prev)
-
-            if cutlass.const_expr(self.bulk_store):
-                self.store_rows(tidx, acc, tCcC, sc_ptr, expert, row0, nrows, mb, out_ptr, alpha, beta, clamp,
-                                out_scale, m, n_out, epilogue_sync)
+            # the narrowest wgmma that covers the tile's rows: widths[width] (the last one is bn)
+            width = Int32(0)
+            for t in cutlass.range_constexpr(len(self.tail_widths)):
+                if nrows > self.tail_widths[t]:
+                    width = Int32(t + 1)
+            # one work item per width behind an if / elif / else chain (sequential ifs would join the
+            # accumulators through moves that make ptxas serialize every wgmma)
+            if cutlass.const_expr(len(by_width) == 1):
+                stage, phase, a_slot = self.work_item(*fixed, *by_width[0], expert, row0, nrows, mb, stage, phase,
+                                                      a_slot)
+            elif cutlass.const_expr(len(by_width) == 2):
+                if width == 1:
+                    stage, phase, a_slot = self.work_item(*fixed, *by_width[1], expert, row0, nrows, mb, stage,
+                                                          phase, a_slot)
+                else:
+                    stage, phase, a_slot = self.work_item(*fixed, *by_width[0], expert, row0, nrows, mb, stage,
+                                                          phase, a_slot)
             else:
-                self.store_passes(tidx, acc, tCsC, warpgroup, sc_ptr, expert, row0, nrows, mb, out_ptr, lora_ptr,
-                                  p2e, alpha, beta, clamp, out_scale, m, n_out, epilogue_sync)
+                if width == 2:
+                    stage, phase, a_slot = self.work_item(*fixed, *by_width[2], expert, row0, nrows, mb, stage,
+                                                          phase, a_slot)
+                elif width == 1:
+                    stage, phase, a_slot = self.work_item(*fixed, *by_width[1], expert, row0, nrows, mb, stage,
+                                                          phase, a_slot)
+                else:
+                    stage, phase, a_slot = self.work_item(*fixed, *by_width[0], expert, row0, nrows, mb, stage,
+                                                          phase, a_slot)
             cute.arch.mbarrier_wait(full + stage, phase)
             w = item_of_slot[stage]
         if cutlass.const_expr(self.bulk_store):
             cute.arch.cp_async_bulk_wait_group(0)  # the last rows have landed before the CTA leaves
+
+    def narrow_mma(self, tidx: Int32, width: int, acc: cute.Tensor, sB: cute.Tensor):
+        """The wgmma of a ``width``-row tail: its tiled MMA (m64 x width x k16), the accumulators of
+        the first ``width`` token columns (a prefix of the (2, 2, bn / 8) values of each m-repeat:
+        value group ``g`` holds columns 8g..8g+7) with their (row, token) coordinates, and its B
+        fragments over the first ``width`` rows of every ring slot (whole 8-row swizzle atoms of
+        the bn-row slot)."""
+        mma = sm90_utils.make_trivial_tiled_mma(
+            BFloat16, BFloat16, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
+            Float32, (self.warpgroups, 1, 1), tiler_mn=(64, width))
+        mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
+        reps = cute.size(acc, mode=[1])
+        # (c, h, g) of m-repeat r is value c + 2h + 4g + (bn / 2) r of the full fragment
+        prefix = cute.make_layout(((2, 2, width // 8), reps, 1), stride=((1, 2, 4), self.bn // 2, 0))
+        acc_w = cute.make_tensor(acc.iterator, cute.composition(acc.layout, prefix))
+        sB_w = cute.make_tensor(sB.iterator, cute.make_layout(((8, width // 8), (BK, 1), (1, self.stages)),
+                                                              stride=((BK, 8 * BK), (1, 0), (0, self.bn * BK))))
+        thr = mma.get_slice(tidx)
+        tCcC_w = thr.partition_C(cute.make_identity_tensor((self.bm, width)))
+        return mma, acc_w, tCcC_w, mma.make_fragment_B(thr.partition_B(sB_w))
+
+    @cute.jit
+    def work_item(self, tidx: Int32, warpgroup: Int32, k_blocks: Int32, k_steps: cutlass.Constexpr,
+                  tCrA: cute.Tensor, acc: cute.Tensor, tCsC: cute.Tensor, full: cute.Pointer, empty: cute.Pointer,
+                  sc_ptr: cute.Pointer, sq_ptr: cute.Pointer, ss_ptr: cute.Pointer, sa_ptr: cute.Pointer,
+                  out_ptr: cute.Pointer, lora_ptr: cute.Pointer, p2e: cute.Tensor, alpha: cute.Tensor,
+                  beta: cute.Tensor, clamp: cute.Tensor, out_scale: cute.Tensor, m: Int32, n_out: Int32,
+                  epilogue_sync: cutlass.pipeline.NamedBarrier, tiled_mma: cute.TiledMma, acc_w: cute.Tensor,
+                  tCcC_w: cute.Tensor, tCrB: cute.Tensor, expert: Int32, row0: Int32, nrows: Int32, mb: Int32,
+                  stage: Int32, phase: Int32, a_slot: Int32):
+        """One work item with the wgmma of one width: the mainloop into ``acc_w`` (a prefix of
+        ``acc``), then the epilogue: the bulk one over the accumulators of that width, the float32
+        one over all of them (its stores take the valid rows only). Returns the mainloop's ring
+        position and A slot."""
+        stage, phase, a_slot = self.mainloop(tidx, warpgroup, k_blocks, k_steps, tiled_mma, acc_w, tCrA, tCrB,
+                                             full, empty, sq_ptr, ss_ptr, sa_ptr, stage, phase, a_slot)
+        if cutlass.const_expr(self.bulk_store):
+            self.store_rows(tidx, acc_w, tCcC_w, sc_ptr, expert, row0, nrows, mb, out_ptr, alpha, beta, clamp,
+                            out_scale, m, n_out, epilogue_sync)
+        else:
+            self.store_passes(tidx, acc, tCsC, warpgroup, sc_ptr, expert, row0, nrows, mb, out_ptr, lora_ptr,
+                              p2e, alpha, beta, clamp, out_scale, m, n_out, epilogue_sync)
+        return stage, phase, a_slot
+
+    @cute.jit
+    def mainloop(self, tidx: Int32, warpgroup: Int32, k_blocks: Int32, k_steps: cutlass.Constexpr,
+                 tiled_mma: cute.TiledMma, acc: cute.Tensor, tCrA: cute.Tensor, tCrB: cute.Tensor,
+                 full: cute.Pointer, empty: cute.Pointer, sq_ptr: cute.Pointer, ss_ptr: cute.Pointer,
+                 sa_ptr: cute.Pointer, stage: Int32, phase: Int32, a_slot: Int32):
+        """One work item's k-blocks: wait for the slot, (MXINT4: dequantize the warpgroup's rows),
+        issue its wgmmas, keep one group in flight and free the slot before. Returns the ring
+        position (stage, phase) and MXINT4's next A slot."""
+        prev = Int32(0)
+        for kb in cutlass.range(k_blocks, unroll=1):
+            if kb > 0:  # the item's first slot was waited for with its item number
+                cute.arch.mbarrier_wait(full + stage, phase)
+            a_read = stage
+            if cutlass.const_expr(self.packed):
+                self.dequantize_warpgroup(tidx % WARPGROUP, warpgroup, stage, a_slot, sq_ptr, ss_ptr, sa_ptr)
+                a_read = a_slot
+                a_slot = a_slot ^ 1
+            # token rows that arrived through cp.async (generic proxy) and the weights this
+            # warpgroup dequantized: wgmma reads them through the async proxy
+            if cutlass.const_expr(self.thread_loads):
+                cute.arch.fence_proxy("async.shared", space="cta")
+            if cutlass.const_expr(self.packed):
+                cute.arch.barrier(barrier_id=DEQUANT_BARRIER + warpgroup, number_of_threads=WARPGROUP)
+            cute.nvgpu.warpgroup.fence()
+            for kk in cutlass.range_constexpr(k_steps):
+                cute.gemm(tiled_mma, acc, tCrA[(None, None, kk, a_read)], tCrB[(None, None, kk, stage)], acc)
+            cute.nvgpu.warpgroup.commit_group()
+            # the group of k-block kb - 1 has finished: its slot goes back to the producer
+            cute.nvgpu.warpgroup.wait_group(1)
+            if kb > 0:
+                cute.arch.mbarrier_arrive(empty + prev)
+            prev = stage
+            stage = stage + 1
+            if stage == self.stages:
+                stage = Int32(0)
+                phase = phase ^ 1
+        cute.nvgpu.warpgroup.wait_group(0)
+        cute.arch.mbarrier_arrive(empty + prev)
+        return stage, phase, a_slot
 
     @cute.jit
     def store_passes(self, tidx: Int32, acc: cute.Tensor, tCsC: cute.Tensor, warpgroup: Int32, sc_ptr: cute.Pointer,
