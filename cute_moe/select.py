@@ -141,10 +141,9 @@ BN_BY_ROWS: Dict[str, Tuple[Tuple[float, int], ...]] = {
     "micro": ((8.0, 8), (float("inf"), 16)),
     "static": ((4.0, 8), (16.0, 32), (float("inf"), 64)),
     "dynamic": ((4.0, 8), (16.0, 32), (32.0, 64), (float("inf"), 128)),
-    "wgmma": ((64.0, 64), (float("inf"), 128)),  # H200: 256x64 wins at 32 rows, ties 256x128 at 128
 }
-# bf16 weights on wgmma also take 192-row token tiles (256x192: a third less operand traffic per
-# FLOP than 256x128). An expert's last tile runs the narrowest wgmma (64, 128 or 192 token rows)
+# wgmma: 256x64 up to 64 rows (H200: it wins at 32 rows, ties 256x128 at 128), and above that
+# 192-row token tiles (256x192: a third less operand traffic per FLOP than 256x128). An expert's last tile runs the narrowest wgmma (64, 128 or 192 token rows)
 # that covers its rows (grouped_gemm_sm90.py), so a wide tile no longer pays for its padding: at
 # the preset routing of cute-moe-bench (uneven: deepseek-v3 T=4096 has experts of 0 to 1544
 # rows), FC1 + FC2 on one H100 (us, tools/bench_gemm.py --routing preset; 256x128 s4/s3 against
@@ -166,10 +165,13 @@ BN_BY_ROWS: Dict[str, Tuple[Tuple[float, int], ...]] = {
 # At about 256 rows two tiles of 128 fit an expert as well as 192 + a 64-row tail, and win; end
 # to end (cute-moe-bench, same session) 192 against 128 above 384 rows: qwen3-30b-a3b T=16384
 # 2550 vs 2557 us, qwen3-235b-a22b 8788 vs 9018, mixtral-8x7b T=4096 4668 vs 4977, T=16384 17929
-# vs 19104. MXINT4 keeps 128 (its packed rings and bf16 A slots leave no room for a 192-row
-# token ring).
-_WGMMA_BF16_BN_BY_ROWS: Tuple[Tuple[float, int], ...] = (
+# vs 19104. MXINT4 takes the same tiles (its 3-stage 256x192 ring fits: 214 KiB), where the
+# dequantization of a weight k-block now serves 192 token rows instead of 128: end to end, one
+# H100, Kimi-K2 (64 experts) T=4096 (512 rows) 6389 -> 5676 us, T=16384 24488 -> 21242,
+# qwen3-30b-a3b mxint4 T=16384 (1024 rows) 3074 -> 2787.
+_WGMMA_BN_BY_ROWS: Tuple[Tuple[float, int], ...] = (
     (64.0, 64), (192.0, 192), (384.0, 128), (float("inf"), 192))
+BN_BY_ROWS["wgmma"] = _WGMMA_BN_BY_ROWS
 
 
 def _t(bm, bn, wm, wn, stages, mma="warp") -> TileConfig:
@@ -209,7 +211,7 @@ _SM90_TILES: Dict[Tuple[str, int], Tuple[TileConfig, TileConfig, int, bool]] = {
 _SM90_WGMMA_TILES = {
     ("wgmma", 64): (_t(256, 64, 8, 1, 4, "wgmma"), _t(256, 64, 8, 1, 4, "wgmma"), 1, False),
     ("wgmma", 128): (_t(256, 128, 8, 1, 4, "wgmma"), _t(256, 128, 8, 1, 3, "wgmma"), 1, False),
-    # bf16 only (_WGMMA_BF16_BN_BY_ROWS); FC2's bf16 output tile leaves in two passes of 128 columns
+    # FC2's bf16 output tile leaves in two passes of 128 columns
     ("wgmma", 192): (_t(256, 192, 8, 1, 3, "wgmma"), _t(256, 192, 8, 1, 3, "wgmma"), 1, False),
 }
 
@@ -271,8 +273,7 @@ def select_config(*, num_tokens: int, top_k: int, hidden_size: int, intermediate
     chosen = forced_variant(variant) or _first(table, rows)
     if chosen == "wgmma" and not wgmma_runs(arch, weight_kind):
         raise ValueError(f"variant 'wgmma' runs bf16 or mxint4 weights on sm_90a, got {weight_kind} weights on {arch}")
-    bn_table = _WGMMA_BF16_BN_BY_ROWS if (chosen, weight_kind) == ("wgmma", "bf16") else BN_BY_ROWS[chosen]
-    bn = _first(bn_table, rows)
+    bn = _first(BN_BY_ROWS[chosen], rows)
     tiles = _SM120_FP4_TILES if (arch, weight_kind) == ("sm_120a", "nvfp4") else TILES[arch]
     fc1, fc2, ctas, pdl = tiles[(chosen, bn)]
     return GemmConfig(chosen, fc1, fc2, ctas, pdl)

@@ -164,6 +164,11 @@ WGMMA_VARIANTS = [
                                                              "persistent", activation=RELU2, weight_format="mxint4")),
     ("wgmma_int4_fc2_256x64", lambda: WgmmaGroupedGemm("fc2", TileConfig(256, 64, 8, 1, 4, "wgmma"), "persistent",
                                                        weight_format="mxint4")),
+    # MXINT4 with 192-row token tiles: 12 gathered rows per producer thread next to the scales
+    ("wgmma_int4_fc1_256x192_swiglu", lambda: WgmmaGroupedGemm("fc1", TileConfig(256, 192, 8, 1, 3, "wgmma"),
+                                                               "persistent", weight_format="mxint4")),
+    ("wgmma_int4_fc2_256x192", lambda: WgmmaGroupedGemm("fc2", TileConfig(256, 192, 8, 1, 3, "wgmma"), "persistent",
+                                                        weight_format="mxint4")),
 ]
 WGMMA_PTX_NEEDLES = ["wgmma.mma_async.sync.aligned.m64n", "wgmma.commit_group", "wgmma.wait_group",
                      "setmaxnreg.inc.sync.aligned.u32 \t{mma}", "setmaxnreg.dec.sync.aligned.u32 \t{producer}",
@@ -448,13 +453,13 @@ def test_selector_follows_routed_rows_per_expert(monkeypatch):
         assert c.tile_rows >= previous, "token tile shrank as the load grew"
         previous = c.tile_rows
         assert c.fc1.bn == c.fc2.bn == c.tile_rows
-    # SM90 above 4 rows per expert: wgmma; bf16 above 64 rows the measured token tile
-    # (select.py): 192 rows except at about 256 rows per expert (two tiles of 128); MXINT4 128
+    # SM90 above 4 rows per expert: wgmma; above 64 rows the measured token tile (select.py): 192
+    # rows except at about 256 rows per expert (two tiles of 128), bf16 and MXINT4 alike
     for t, variant in ((64, "micro"), (65, "wgmma"), (512, "wgmma")):
         assert select_config(num_tokens=t, **kw).variant == variant, t
     for t, bn in ((2048, 192), (4096, 128), (8192, 192), (16384, 192)):
         assert select_config(num_tokens=t, **kw).tile_rows == bn, t
-        assert select_config(num_tokens=t, weight_kind="mxint4", **kw).tile_rows == 128, t
+        assert select_config(num_tokens=t, weight_kind="mxint4", **kw).tile_rows == bn, t
 
 
 def test_selector_forced_variant(monkeypatch):
@@ -476,7 +481,7 @@ def test_every_table_tile_fits_its_arch(arch):
     for (variant, bn), (fc1, fc2, ctas, pdl) in TILES[arch].items():
         assert fc1.bn == fc2.bn == bn
         assert fc1.fits(arch) and fc2.fits(arch), f"{variant} bn={bn} does not fit {arch}"
-        # every tile the selector can choose for 4-bit weights fits them (192-row tokens: bf16 only)
+        # every tile the selector can choose for 4-bit weights fits them
         if bn in {b for _, b in BN_BY_ROWS[variant]}:
             assert fc1.fits(arch, int4=True) and fc2.fits(arch, int4=True), f"{variant} bn={bn} int4 exceeds {arch}"
         assert GemmConfig(variant, fc1, fc2, ctas, pdl).tile_rows == bn
