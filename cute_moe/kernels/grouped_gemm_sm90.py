@@ -476,26 +476,20 @@ class WgmmaGroupedGemm(GroupedGemm):
                     width = Int32(t + 1)
             # one work item per width behind an if / elif / else chain (sequential ifs would join the
             # accumulators through moves that make ptxas serialize every wgmma)
+            item = (expert, row0, nrows, mb, stage, phase, a_slot)
             if cutlass.const_expr(len(by_width) == 1):
-                stage, phase, a_slot = self.work_item(*fixed, *by_width[0], expert, row0, nrows, mb, stage, phase,
-                                                      a_slot)
+                stage, phase, a_slot = self.work_item(*fixed, *by_width[0], *item)
             elif cutlass.const_expr(len(by_width) == 2):
                 if width == 1:
-                    stage, phase, a_slot = self.work_item(*fixed, *by_width[1], expert, row0, nrows, mb, stage,
-                                                          phase, a_slot)
+                    stage, phase, a_slot = self.work_item(*fixed, *by_width[1], *item)
                 else:
-                    stage, phase, a_slot = self.work_item(*fixed, *by_width[0], expert, row0, nrows, mb, stage,
-                                                          phase, a_slot)
+                    stage, phase, a_slot = self.work_item(*fixed, *by_width[0], *item)
+            elif width == 2:
+                stage, phase, a_slot = self.work_item(*fixed, *by_width[2], *item)
+            elif width == 1:
+                stage, phase, a_slot = self.work_item(*fixed, *by_width[1], *item)
             else:
-                if width == 2:
-                    stage, phase, a_slot = self.work_item(*fixed, *by_width[2], expert, row0, nrows, mb, stage,
-                                                          phase, a_slot)
-                elif width == 1:
-                    stage, phase, a_slot = self.work_item(*fixed, *by_width[1], expert, row0, nrows, mb, stage,
-                                                          phase, a_slot)
-                else:
-                    stage, phase, a_slot = self.work_item(*fixed, *by_width[0], expert, row0, nrows, mb, stage,
-                                                          phase, a_slot)
+                stage, phase, a_slot = self.work_item(*fixed, *by_width[0], *item)
             cute.arch.mbarrier_wait(full + stage, phase)
             w = item_of_slot[stage]
         if cutlass.const_expr(self.bulk_store):
