@@ -169,9 +169,7 @@ BN_BY_ROWS: Dict[str, Tuple[Tuple[float, int], ...]] = {
 # dequantization of a weight k-block now serves 192 token rows instead of 128: end to end, one
 # H100, Kimi-K2 (64 experts) T=4096 (512 rows) 6389 -> 5676 us, T=16384 24488 -> 21242,
 # qwen3-30b-a3b mxint4 T=16384 (1024 rows) 3074 -> 2787.
-_WGMMA_BN_BY_ROWS: Tuple[Tuple[float, int], ...] = (
-    (64.0, 64), (192.0, 192), (384.0, 128), (float("inf"), 192))
-BN_BY_ROWS["wgmma"] = _WGMMA_BN_BY_ROWS
+BN_BY_ROWS["wgmma"] = ((64.0, 64), (192.0, 192), (384.0, 128), (float("inf"), 192))
 
 
 def _t(bm, bn, wm, wn, stages, mma="warp") -> TileConfig:

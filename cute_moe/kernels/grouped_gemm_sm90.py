@@ -204,9 +204,7 @@ class WgmmaGroupedGemm(GroupedGemm):
         a_slots = WGMMA_INT4_A_SLOTS if cutlass.const_expr(self.packed) else self.stages
         a_layout = sm90_utils.make_smem_layout_a(major, tiler, BFloat16, a_slots)
         b_layout = sm90_utils.make_smem_layout_b(major, tiler, BFloat16, self.stages)
-        tiled_mma = sm90_utils.make_trivial_tiled_mma(
-            BFloat16, BFloat16, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
-            Float32, (self.warpgroups, 1, 1), tiler_mn=(64, self.bn))
+        tiled_mma = self.tiled_wgmma(self.bn)
         # The prepared weights [L, K/64, M, 64] as (M, (64, K/64), L): one k-block of an m-block is
         # the TMA box (bm, 64), bm rows of 128 contiguous bytes. MXINT4 [L, K/256, M, 128 bytes] as
         # (M, (32, (4, K/256)), L): k-block kb is quarter kb % 4 of 128-byte block kb // 4, the box
@@ -495,15 +493,20 @@ class WgmmaGroupedGemm(GroupedGemm):
         if cutlass.const_expr(self.bulk_store):
             cute.arch.cp_async_bulk_wait_group(0)  # the last rows have landed before the CTA leaves
 
+    def tiled_wgmma(self, width: int) -> cute.TiledMma:
+        """The MMA warpgroups' tiled wgmma over ``width`` token rows: m64 x width x k16 per
+        warpgroup, bf16 operands K-major in shared memory, float32 accumulators."""
+        return sm90_utils.make_trivial_tiled_mma(
+            BFloat16, BFloat16, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
+            Float32, (self.warpgroups, 1, 1), tiler_mn=(64, width))
+
     def narrow_mma(self, tidx: Int32, width: int, acc: cute.Tensor, sB: cute.Tensor):
         """The wgmma of a ``width``-row tail: its tiled MMA (m64 x width x k16), the accumulators of
         the first ``width`` token columns (a prefix of the (2, 2, bn / 8) values of each m-repeat:
         value group ``g`` holds columns 8g..8g+7) with their (row, token) coordinates, and its B
         fragments over the first ``width`` rows of every ring slot (whole 8-row swizzle atoms of
         the bn-row slot)."""
-        mma = sm90_utils.make_trivial_tiled_mma(
-            BFloat16, BFloat16, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
-            Float32, (self.warpgroups, 1, 1), tiler_mn=(64, width))
+        mma = self.tiled_wgmma(width)
         mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
         reps = cute.size(acc, mode=[1])
         # (c, h, g) of m-repeat r is value c + 2h + 4g + (bn / 2) r of the full fragment
