@@ -1,5 +1,6 @@
 """Shared test setup: GPU tests skip cleanly on machines without a supported GPU."""
 
+import json
 import os
 import tempfile
 
@@ -35,10 +36,16 @@ _ERRORS = []
 @pytest.fixture
 def record_error(request):
     """Record (case, rel err, max abs err) of a GPU comparison; the session prints them all and,
-    with CUTE_MOE_ERROR_REPORT set, writes them there as JSON lines."""
+    with CUTE_MOE_ERROR_REPORT set, each one is appended there as a JSON line when it is made (so
+    that pytest-xdist workers, whose records never reach the controller's summary, report too)."""
 
     def record(rel: float, max_abs: float, **extra):
-        _ERRORS.append({"case": request.node.name, "rel": rel, "max_abs": max_abs, **extra})
+        entry = {"case": request.node.name, "rel": rel, "max_abs": max_abs, **extra}
+        _ERRORS.append(entry)
+        path = os.environ.get("CUTE_MOE_ERROR_REPORT")
+        if path:
+            with open(path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
 
     return record
 
@@ -46,16 +53,8 @@ def record_error(request):
 def pytest_terminal_summary(terminalreporter):
     if not _ERRORS:
         return
-    import json
-    import os
-
     terminalreporter.section("measured errors vs the float reference")
     worst = max(_ERRORS, key=lambda e: e["rel"])
     for e in _ERRORS:
         terminalreporter.write_line(f"{e['case']:<90} rel {e['rel']:.2e}  max_abs {e['max_abs']:.2e}")
     terminalreporter.write_line(f"{len(_ERRORS)} comparisons; worst rel {worst['rel']:.2e} ({worst['case']})")
-    path = os.environ.get("CUTE_MOE_ERROR_REPORT")
-    if path:
-        with open(path, "a") as f:
-            for e in _ERRORS:
-                f.write(json.dumps(e) + "\n")
