@@ -29,7 +29,7 @@ from .activation_quant import launch_quantize
 from .kernels.gemm_config import FP4_SCALE_ALIGN, INT4_SCALE_ALIGN, GemmConfig
 from .kernels.topk_pack import launch_unpack_topk
 from .plan import PlanShape
-from .routing import PlanPointers, launch_combine, launch_plan, launch_route
+from .routing import PlanFront, PlanPointers, launch_combine, launch_plan, launch_route
 from .select import ENV_VARIANT
 
 
@@ -194,6 +194,7 @@ class CallRecipe:
     block_scaled: bool  # NVFP4 inputs on SM120: packed FP4 rows for the block-scaled MMA
     unpack: Optional[Callable]  # PackedPrecomputed: the unpacking kernel
     plan_kernels: List[Callable]
+    plan_routes: bool  # the one-CTA plan folds in the routing or the unpacking (route / unpack: None)
     fc1: Callable
     fc2: Callable
     combine: Optional[Callable]  # do_finalize only
@@ -207,7 +208,8 @@ class CallRecipe:
     def of(cls, call: MoeCall) -> "CallRecipe":
         from .gemm import _num_ctas, fc1_kernel_key, fc2_kernel_key, gemm_kernel, token_rows_of
         from .kernels.topk_pack import unpack_kernel
-        from .routing import RouteSpec, combine_kernel, plan_is_single_cta, plan_kernels, plan_workspace_ints
+        from .routing import (RouteSpec, combine_kernel, fused_plan_source, plan_is_single_cta, plan_kernels,
+                              plan_workspace_ints)
         from .select import select_config
 
         device = call.hidden_states.device
@@ -218,14 +220,16 @@ class CallRecipe:
                                local_num_experts=call.local_num_experts, weight_kind=call.weights.kind,
                                device=device, variant=call.gemm_variant)
         shape = PlanShape(t, k, int(call.local_num_experts), config.tile_rows)
-        route = unpack = None
+        spec = None
         if call.mode == RoutingInputMode.FromLogits:
             bias = call.routing_bias
-            route = RouteSpec.of(call.routing_method_type, call.num_experts, k, call.routing_logits.dtype,
-                                 None if bias is None else bias.dtype, call.n_group, call.topk_group,
-                                 call.norm_topk_prob, call.routing_replay_out is not None).kernel(arch)
-        elif call.mode == RoutingInputMode.PackedPrecomputed:
-            unpack = unpack_kernel(arch)
+            spec = RouteSpec.of(call.routing_method_type, call.num_experts, k, call.routing_logits.dtype,
+                                None if bias is None else bias.dtype, call.n_group, call.topk_group,
+                                call.norm_topk_prob, call.routing_replay_out is not None)
+        # at small T the one-CTA plan routes or unpacks itself (one launch fewer before FC1)
+        source = fused_plan_source(shape, spec, call.mode == RoutingInputMode.PackedPrecomputed)
+        route = spec.kernel(arch) if spec is not None and source == "ids" else None
+        unpack = unpack_kernel(arch) if call.mode == RoutingInputMode.PackedPrecomputed and source == "ids" else None
         lora = call.gemm1_lora_delta is not None
         finalize = bool(call.do_finalize)
         pairs, rows, tiles, local = shape.num_pairs, shape.max_padded_rows, shape.max_tiles, shape.local_num_experts
@@ -267,7 +271,7 @@ class CallRecipe:
         combine = combine_kernel(arch, k, weights_f32) if finalize else None
         scale = 1.0 if call.routed_scaling_factor is None else float(call.routed_scaling_factor)
         return cls(device.index if device.index is not None else torch.cuda.current_device(), config, shape, route,
-                   quantize, block_scaled, unpack, plan_kernels(arch, plan_is_single_cta(shape)), fc1, fc2, combine,
+                   quantize, block_scaled, unpack, plan_kernels(arch, plan_is_single_cta(shape), source), source != "ids", fc1, fc2, combine,
                    _num_ctas(config, config.fc1, device, tiles, m), _num_ctas(config, config.fc2, device, tiles, h),
                    m, scale, layout)
 
@@ -338,31 +342,39 @@ def run_moe(call: MoeCall) -> List[torch.Tensor]:
     stream = runtime.current_stream(recipe.device_index)
     pairs = t * k
     replay = call.routing_replay_out
+    front = None  # the routing or unpacking the one-CTA plan folds in
     if call.mode == RoutingInputMode.UnpackedPrecomputed:
         ids, weights = p(call.topk_ids, align=4), p(call.topk_weights, align=call.topk_weights.element_size())
     else:
         ids, weights = buf("topk_ids", (t, k), torch.int32), buf("topk_weights", (t, k), torch.bfloat16)
-        if recipe.route is not None:
-            launch_route(recipe.route, p(call.routing_logits, align=call.routing_logits.element_size()),
-                         p(call.routing_bias, align=call.routing_bias.element_size())
-                         if call.routing_bias is not None else ids, ids, weights,
-                         p(replay, align=2) if replay is not None else ids, t, recipe.scale, stream)
+        if call.mode == RoutingInputMode.FromLogits:
+            logits = p(call.routing_logits, align=call.routing_logits.element_size())
+            bias = p(call.routing_bias, align=call.routing_bias.element_size()) if call.routing_bias is not None \
+                else ids
+            replay_ptr = p(replay, align=2) if replay is not None else ids
+            if recipe.plan_routes:
+                front = PlanFront(logits, bias, weights, replay_ptr, recipe.scale)
+            else:
+                launch_route(recipe.route, logits, bias, ids, weights, replay_ptr, t, recipe.scale, stream)
+        elif recipe.plan_routes:
+            front = PlanFront(p(call.topk_ids, align=4), ids, weights, ids)
         else:
             launch_unpack_topk(recipe.unpack, p(call.topk_ids, align=4), ids, weights, pairs, stream)
-    if replay is not None and recipe.route is None:
-        ids_view = call.topk_ids if recipe.unpack is None else \
-            workspace[layout["topk_ids"]:layout["topk_ids"] + 4 * pairs].view(torch.int32).view(t, k)
-        replay[:t].copy_(ids_view)
 
     shape = recipe.plan
     plan = PlanPointers(buf("expert_counts"), buf("expert_offsets"),
                         buf("expanded_idx_to_permuted_idx", (pairs,), torch.int32),
                         buf("permuted_idx_to_expanded_idx"), buf("tile_info"), buf("counters"))
     # decode configs launch every stage from the plan on as a programmatic dependent of the one
-    # before: each kernel launches while its predecessor runs and waits for it at its start
+    # before: each kernel launches while its predecessor runs and waits for it at its start (the
+    # first kernel of the call, a plan that routes itself, launches plainly)
     pdl = recipe.config.pdl
     launch_plan(recipe.plan_kernels, shape, int(call.local_expert_offset), ids, plan, buf("plan_workspace"), stream,
-                pdl)
+                pdl and front is None, front)
+    if replay is not None and call.mode != RoutingInputMode.FromLogits:
+        ids_view = call.topk_ids if call.mode == RoutingInputMode.UnpackedPrecomputed else \
+            workspace[layout["topk_ids"]:layout["topk_ids"] + 4 * pairs].view(torch.int32).view(t, k)
+        replay[:t].copy_(ids_view)
 
     rows, inter, local, tiles = shape.max_padded_rows, int(call.intermediate_size), shape.local_num_experts, shape.max_tiles
     act = buf("act", (rows, inter), torch.bfloat16)
@@ -385,6 +397,6 @@ def run_moe(call: MoeCall) -> List[torch.Tensor]:
     if call.do_finalize:
         launch_combine(recipe.combine, gemm2, weights, plan.e2p, p(output), t, rows, h, stream, pdl)
         return [output] + ([own["expanded_idx_to_permuted_idx"]] + extra if extra else [])
-    expert_weights = call.topk_weights.clone() if recipe.route is None and recipe.unpack is None \
+    expert_weights = call.topk_weights.clone() if call.mode == RoutingInputMode.UnpackedPrecomputed \
         else own["topk_weights"]
     return [own["gemm2_output"], expert_weights, own["expanded_idx_to_permuted_idx"]] + extra

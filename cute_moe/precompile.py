@@ -60,7 +60,7 @@ def model_kernels(*, hidden_size: int, intermediate_size: int, num_experts: int,
     from . import gemm
     from .kernels.topk_pack import unpack_kernel
     from .plan import PlanShape
-    from .routing import RouteSpec, combine_kernel, plan_is_single_cta, plan_kernel
+    from .routing import RouteSpec, combine_kernel, fused_plan_source, plan_is_single_cta, plan_kernel
     from .kernels.gemm_config import wgmma_runs
     from .select import select_config
 
@@ -74,10 +74,12 @@ def model_kernels(*, hidden_size: int, intermediate_size: int, num_experts: int,
     biases = (torch.bfloat16, torch.float32) if method in (RoutingMethodType.DeepSeekV3,
                                                            RoutingMethodType.MiniMax2) else (None,)
     fp4 = weights == "nvfp4"
+    route_specs = []
     if not fp4:
         for logits in (torch.float32, torch.bfloat16):
             for bias in biases:
                 spec = RouteSpec.of(method, num_experts, top_k, logits, bias, n_group, topk_group, True, False)
+                route_specs.append(spec)
                 add(f"route {method.name} logits {str(logits)[6:]}", ("route", spec), spec.kernel)
         add("unpack routing", ("unpack",), unpack_kernel)
     else:
@@ -98,9 +100,20 @@ def model_kernels(*, hidden_size: int, intermediate_size: int, num_experts: int,
             config = select_config(num_tokens=t, top_k=top_k, hidden_size=hidden_size,
                                    intermediate_size=intermediate_size, local_num_experts=local,
                                    weight_kind=weights, arch=arch, variant=variant)
-            single = plan_is_single_cta(PlanShape(t, top_k, local, config.tile_rows))
-            for part in ("single_cta",) if single else ("count", "scan", "scatter"):
-                add(f"plan {part}", ("plan", part), lambda a, n=part: plan_kernel(a, n))
+            shape = PlanShape(t, top_k, local, config.tile_rows)
+            if plan_is_single_cta(shape):
+                # ids (routed entries with ids), packed pairs, and the routing folded in at small T
+                sources = ["ids"] + ([] if fp4 else ["packed"])
+                sources += [spec for spec in route_specs if fused_plan_source(shape, spec, False) == spec]
+                for source in sources:
+                    name = source if isinstance(source, str) else (
+                        f"{method.name} logits {'float32' if source.logits_f32 else 'bfloat16'}"
+                        + (f" {source.bias_dtype} bias" if source.bias_dtype else ""))
+                    add(f"plan single_cta from {name}", ("plan", "single_cta", source),
+                        lambda a, s=source: plan_kernel(a, "single_cta", s))
+            else:
+                for part in ("count", "scan", "scatter"):
+                    add(f"plan {part}", ("plan", part), lambda a, n=part: plan_kernel(a, n))
             if fp4:  # both b12x quant modes: w4a16 (bf16 inputs) and nvfp4 (quantized inputs)
                 keys = [(f"{op} {config.variant} {getattr(config, op.lower()).tag} nvfp4 {mode}", key)
                         for mode, (rows1, rows2) in (("w4a16", gemm.token_rows_of(arch, False)),

@@ -14,7 +14,7 @@ buffers).
 from __future__ import annotations
 
 from dataclasses import astuple, dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 
@@ -107,14 +107,19 @@ class RouteSpec:
         return cls(int(method), int(num_experts), int(top_k), logits_dtype == torch.float32, bias, ng, tg, norm,
                    bool(replay))
 
+    def route_topk(self):
+        """The kernel object (compile-time parameters bound)."""
+        from .kernels.routing import RouteTopk
+
+        return RouteTopk(RoutingMethodType(self.method), self.num_experts, self.top_k, self.logits_f32,
+                         self.bias_dtype, self.n_group, self.topk_group, self.norm, self.replay)
+
     def kernel(self, arch: str):
         """The launcher, compiled or loaded on first use."""
-        from .kernels.routing import RouteTopk, route_example_args
+        from .kernels.routing import route_example_args
 
         return runtime.KERNELS.get(("route",) + astuple(self), arch, lambda: (
-            RouteTopk(RoutingMethodType(self.method), self.num_experts, self.top_k, self.logits_f32,
-                      self.bias_dtype, self.n_group, self.topk_group, self.norm, self.replay),
-            route_example_args(self.logits_f32, self.bias_dtype)))
+            self.route_topk(), route_example_args(self.logits_f32, self.bias_dtype)))
 
 
 def launch_route(kernel, logits: int, bias: int, ids: int, weights: int, replay: int, num_tokens: int, scale: float,
@@ -239,35 +244,77 @@ _PLAN_KERNELS = {  # name -> (kernel class, example-args factory), in cute_moe.k
     "scan": ("PlanScan", "scan_example_args"),
     "scatter": ("PlanScatterChunks", "scatter_example_args"),
 }
+PlanSource = Union[str, "RouteSpec"]  # where the one-CTA plan takes its ids: "ids", "packed" or routing
 
 
-def plan_kernel(arch: str, name: str):
-    """One plan kernel's launcher: ``name`` in "single_cta", "count", "scan", "scatter"."""
+def plan_kernel(arch: str, name: str, source: PlanSource = "ids"):
+    """One plan kernel's launcher: ``name`` in "single_cta", "count", "scan", "scatter";
+    ``source`` (single_cta only): "ids", "packed" or the RouteSpec of the routing it folds in."""
     from .kernels import plan as kplan
 
     cls, args = _PLAN_KERNELS[name]
-    return runtime.KERNELS.get((f"plan_{name}",), arch, lambda: (getattr(kplan, cls)(), getattr(kplan, args)()))
+    if name != "single_cta":
+        return runtime.KERNELS.get((f"plan_{name}",), arch, lambda: (getattr(kplan, cls)(), getattr(kplan, args)()))
+    key = (source,) if isinstance(source, str) else ("route",) + astuple(source)
+
+    def build():
+        src = source if isinstance(source, str) else source.route_topk()
+        return kplan.PlanSingleCta(src), kplan.single_cta_example_args(src)
+
+    return runtime.KERNELS.get(("plan_single_cta",) + key, arch, build)
 
 
-def plan_kernels(arch: str, single_cta: bool) -> List:
-    """The plan's launchers: ``[single]`` or ``[count, scan, scatter]``."""
-    names = ("single_cta",) if single_cta else ("count", "scan", "scatter")
-    return [plan_kernel(arch, n) for n in names]
+def plan_kernels(arch: str, single_cta: bool, source: PlanSource = "ids") -> List:
+    """The plan's launchers: ``[single]`` (from ``source``) or ``[count, scan, scatter]`` (from ids)."""
+    if single_cta:
+        return [plan_kernel(arch, "single_cta", source)]
+    return [plan_kernel(arch, n) for n in ("count", "scan", "scatter")]
+
+
+def fused_plan_source(shape: PlanShape, route: Optional["RouteSpec"], packed: bool) -> PlanSource:
+    """What the one-CTA plan of a fused call folds in: the routing (``route``, at most
+    ``FUSED_ROUTE_MAX_TOKENS`` tokens), the unpacking of packed pairs, or nothing ("ids": the
+    routing or unpacking runs as its own launch, or the caller passed ids)."""
+    from .kernels import plan as kplan
+
+    if not plan_is_single_cta(shape):
+        return "ids"
+    if route is not None:
+        return route if shape.num_tokens <= kplan.FUSED_ROUTE_MAX_TOKENS else "ids"
+    return "packed" if packed else "ids"
+
+
+@dataclass(frozen=True)
+class PlanFront:
+    """Addresses of a folded-in routing or unpacking (``PlanSingleCta``'s source other than
+    ids): its input (logits or packed pairs), the bias, the outputs' ids / weights / replay ids."""
+
+    src: int
+    bias: int
+    weights: int
+    replay: int
+    scale: float = 1.0
 
 
 def launch_plan(kernels: List, shape: PlanShape, local_expert_offset: int, topk_ids: int, plan: PlanPointers,
-                workspace: int, stream: int, use_pdl: bool = False) -> None:
+                workspace: int, stream: int, use_pdl: bool = False, front: Optional[PlanFront] = None) -> None:
     """Launch ``plan_kernels`` for ``shape`` (one CTA: ``[single]``, chunked: ``[count, scan,
     scatter]`` with ``plan_workspace_ints`` int32 of ``workspace``). ``use_pdl``: the one-CTA
     plan launches as a programmatic dependent of the previous kernel (it waits for it at its
-    start)."""
+    start). ``front``: the inputs of the routing or unpacking a one-CTA plan folds in (it then
+    writes ``topk_ids``)."""
     from .kernels import plan as kplan
 
     n, num_local, tr = shape.num_pairs, shape.local_num_experts, shape.tile_rows
     max_rows, max_tiles = max(shape.max_padded_rows, 1), max(shape.max_tiles, 1)
+    if front is not None and (len(kernels) != 1 or n > kplan.SINGLE_CTA_MAX_PAIRS):
+        raise ValueError(f"a plan that routes or unpacks runs in one CTA of at most {kplan.SINGLE_CTA_MAX_PAIRS} "
+                         f"pairs, got {n} pairs on {len(kernels)} kernels")
     if len(kernels) == 1:
-        kernels[0](topk_ids, plan.counts, plan.offsets, plan.e2p, plan.p2e, plan.tiles, plan.counters, n,
-                   local_expert_offset, num_local, tr, max_rows, max_tiles, int(use_pdl), stream)
+        f = front or PlanFront(topk_ids, topk_ids, topk_ids, topk_ids)
+        kernels[0](f.src, f.bias, topk_ids, f.weights, f.replay, plan.counts, plan.offsets, plan.e2p, plan.p2e,
+                   plan.tiles, plan.counters, n, local_expert_offset, num_local, tr, max_rows, max_tiles, f.scale,
+                   int(use_pdl), stream)
         return
     chunk = kplan.chunk_pairs_for(n)
     num_chunks = (n + chunk - 1) // chunk

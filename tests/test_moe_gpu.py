@@ -115,8 +115,9 @@ def test_bf16_moe_from_logits(case, tokens, record_error):
 SMALL = dict(hidden=512, inter=256, experts=64, top_k=4)
 
 
+@pytest.mark.parametrize("tokens", [5, 64])  # 5: the one-CTA plan routes (FUSED_ROUTE_MAX_TOKENS)
 @pytest.mark.parametrize("method", [m for m in RM if m != RM.Unspecified], ids=lambda m: m.name)
-def test_every_routing_method(method, record_error):
+def test_every_routing_method(method, tokens, record_error):
     extra = {}
     if method == RM.Llama4:
         extra = dict(top_k=1)
@@ -124,8 +125,8 @@ def test_every_routing_method(method, record_error):
         extra = dict(n_group=8, topk_group=4, scale=2.5)
     case = Case(**{**SMALL, **extra}, method=method)
     g1, g2 = _weights(case)
-    hidden = torch.randn(64, case.hidden, device="cuda").to(torch.bfloat16)
-    logits = _logits(case, 64)
+    hidden = torch.randn(tokens, case.hidden, device="cuda").to(torch.bfloat16)
+    logits = _logits(case, tokens)
     bias = None
     if method in (RM.DeepSeekV3, RM.MiniMax2):
         bias = (torch.randn(case.experts, device="cuda") * 0.1).to(torch.bfloat16)
@@ -184,6 +185,26 @@ def test_routing_edge_cases(name, experts_used, local, offset, tokens, record_er
     else:
         ids, w = _routing(case, tokens, experts_used)
     out, ref = _routed(case, hidden, (ids, w), record_error)
+    compare(out, ref, record_error)
+
+
+@pytest.mark.parametrize("tokens", [3, 100])  # 3: the one-CTA plan routes / unpacks; 100: separate launches
+def test_routing_replay_out(tokens, record_error):
+    """Both entry points write the routed ids into ``routing_replay_out`` (rows past T untouched)
+    and still match the reference."""
+    case = Case(1024, 512, 64, 4)
+    g1, g2 = _weights(case)
+    hidden = torch.randn(tokens, case.hidden, device="cuda").to(torch.bfloat16)
+    logits = _logits(case, tokens)
+    replay = torch.full((tokens + 3, case.top_k), -7, dtype=torch.int16, device="cuda")
+    out = cute_moe.trtllm_bf16_moe(logits, None, hidden, g1, g2, routing_replay_out=replay, **_common(case))
+    ids, _ = cute_moe.route(logits, None, case.top_k, case.method)
+    assert torch.equal(replay[:tokens].int(), ids) and bool((replay[tokens:] == -7).all())
+    compare(out, reference.reference_trtllm_bf16_moe(logits, None, hidden, g1, g2, **_common(case)), record_error)
+    packed_ids, w = _routing(case, tokens)
+    replay.fill_(-7)
+    out, ref = _routed(case, hidden, pack_topk_reference(packed_ids, w), record_error, routing_replay_out=replay)
+    assert torch.equal(replay[:tokens].int(), packed_ids) and bool((replay[tokens:] == -7).all())
     compare(out, ref, record_error)
 
 

@@ -155,6 +155,77 @@ def test_plan_is_deterministic(seeded):
     assert torch.equal(a.tile_info[:tiles], b.tile_info[:tiles])
 
 
+# --------------------------------------------------------------------------- folded-in sources
+
+
+def _folded_plan(source, src, bias, t, k, offset, num_local, tile_rows, scale=1.0, replay=None):
+    """The one-CTA plan with ``source`` ("packed" or a RouteSpec) folded in, as a fused call
+    launches it: (topk_ids, bf16 weights, plan)."""
+    from cute_moe.kernels import runtime
+    from cute_moe.routing import PlanFront, PlanPointers, launch_plan, plan_kernel
+
+    shape = PlanShape(t, k, num_local, tile_rows)
+    plan = _poisoned_plan(shape)
+    ids = torch.full((t, k), POISON, dtype=torch.int32, device="cuda")
+    weights = torch.zeros(t, k, dtype=torch.bfloat16, device="cuda")
+    p = runtime.ptr
+    front = PlanFront(p(src, align=src.element_size()), p(bias, align=bias.element_size()) if bias is not None
+                      else p(ids, align=4), p(weights, align=2),
+                      p(replay, align=2) if replay is not None else p(ids, align=4), scale)
+    kernel = plan_kernel(runtime.arch_of_device(), "single_cta", source)
+    launch_plan([kernel], shape, offset, p(ids, align=4), PlanPointers.of(plan), p(ids, align=4),
+                runtime.current_stream(), False, front)
+    return ids, weights, plan
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t,offset,num_local", [(1, 0, 256), (5, 64, 64), (16, 0, 256)])
+def test_plan_with_unpacking_folded_in(t, offset, num_local, seeded):
+    """Packed pairs in: the ids and weight bits of the unpack kernel, the plan of those ids."""
+    from cute_moe.kernels.topk_pack import pack_topk, unpack_topk
+
+    k = 8
+    ids = _random_ids(t, k, 256, seeded)
+    packed = pack_topk(ids, torch.rand(t, k, generator=seeded).cuda())
+    got_ids, got_w, plan = _folded_plan("packed", packed, None, t, k, offset, num_local, 16)
+    want_ids, want_w = unpack_topk(packed)
+    assert torch.equal(got_ids, want_ids)
+    assert torch.equal(got_w.view(torch.int16), want_w.view(torch.int16))
+    _check_equal_reference(plan, reference_plan(ids, k, offset, num_local, 16))
+    _check_invariants(plan, ids, offset, num_local, 16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method,e,k,kw", [
+    ("RenormalizeNaive", 128, 8, {}),
+    ("Renormalize", 32, 4, {}),
+    ("DeepSeekV3", 256, 8, {"n_group": 8, "topk_group": 4, "routed_scaling_factor": 2.5}),
+    ("Llama4", 128, 1, {}),
+    ("Default", 72, 4, {}),
+])
+@pytest.mark.parametrize("t", [1, 16])
+def test_plan_with_routing_folded_in(method, e, k, kw, t, seeded):
+    """Logits in: the ids, weights and replay ids of the routing kernel (bitwise), the plan of
+    those ids."""
+    from cute_moe.enums import RoutingMethodType as R
+    from cute_moe.routing import RouteSpec, route
+
+    method = R[method]
+    logits = torch.randn(t, e, generator=seeded).cuda()
+    bias = (0.1 * torch.randn(e, generator=seeded)).to(torch.bfloat16).cuda() if method == R.DeepSeekV3 else None
+    replay = torch.full((t + 2, k), POISON, dtype=torch.int16, device="cuda")
+    spec = RouteSpec.of(method, e, k, logits.dtype, None if bias is None else bias.dtype, kw.get("n_group"),
+                        kw.get("topk_group"), True, True)
+    got_ids, got_w, plan = _folded_plan(spec, logits, bias, t, k, 0, e, 8, kw.get("routed_scaling_factor", 1.0),
+                                        replay)
+    want_ids, want_w = route(logits, bias, k, method, **kw)
+    assert torch.equal(got_ids, want_ids)
+    assert torch.equal(got_w.view(torch.int16), want_w.view(torch.int16))
+    assert torch.equal(replay[:t].int(), want_ids) and bool((replay[t:] == POISON).all())
+    _check_equal_reference(plan, reference_plan(want_ids, k, 0, e, 8))
+    _check_invariants(plan, want_ids, 0, e, 8)
+
+
 # --------------------------------------------------------------------------- bad input (CPU)
 
 

@@ -45,6 +45,9 @@ def _parse_args(argv):
     p.add_argument("--plot", type=Path, help="write a PNG: floor ratio and time vs tokens per implementation")
     p.add_argument("--stages", action="store_true",
                    help="also time each stage of the bf16 pipeline alone (route, plan, FC1, FC2, combine)")
+    p.add_argument("--timeline", action="store_true",
+                   help="also show each cute_moe call's kernels on the GPU timeline under graph replay (start, "
+                        "duration, gap to the previous kernel)")
     p.add_argument("--eager", action="store_true",
                    help="also time eager calls of the cute_moe paths: host time per call and wall time, next to "
                         "graph replay")
@@ -132,9 +135,16 @@ def run(args) -> List[Dict[str, object]]:
                     us, error = float("nan"), f"{type(exc).__name__}: {exc}"
                 if args.eager and name.startswith("cute_") and error is None:
                     host_us, wall_us = measure.time_host(calls)
-                    row_eager = {"eager_host_us": host_us, "eager_wall_us": wall_us}
+                    row_extra = {"eager_host_us": host_us, "eager_wall_us": wall_us}
                 else:
-                    row_eager = {}
+                    row_extra = {}
+                if args.timeline and name.startswith("cute_") and error is None:
+                    from ..bench.timeline import call_timeline, format_timeline
+
+                    spans = call_timeline(calls)
+                    print(f"timeline {shape.name} T={t} {name} ({us:.1f} us):\n{format_timeline(spans)}",
+                          file=sys.stderr)
+                    row_extra["timeline"] = [vars(s) for s in spans]
                 fl = [floors_for(shape, s.topk_ids, t, ceilings) for s in sets]
                 byte_us = sum(f.byte_floor_us for f in fl) / len(fl)
                 flop_us = sum(f.flop_floor_us for f in fl) / len(fl)
@@ -143,7 +153,7 @@ def run(args) -> List[Dict[str, object]]:
                        "weight_format": shape.weight_format, "impl": name, "tokens": t, "time_us": us,
                        "byte_floor_us": byte_us, "flop_floor_us": flop_us,
                        "byte_floor_ratio": byte_us / us, "flop_floor_ratio": flop_us / us, "error": error,
-                       **row_eager}
+                       **row_extra}
                 rows.append(row)
                 sink.write(json.dumps(row) + "\n")
                 sink.flush()

@@ -28,7 +28,7 @@ import cutlass
 import cutlass.cute as cute
 import cutlass.memory
 import cuda.bindings.driver as cuda
-from cutlass import Int32
+from cutlass import Float32, Int32
 
 from ..plan import RASTER_TILES
 from . import runtime
@@ -39,6 +39,7 @@ MAX_LOCAL_EXPERTS = 512
 MAX_CHUNK_PAIRS = 4096
 TARGET_CHUNKS = 128  # about one CTA per SM in the count and scatter kernels
 SINGLE_CTA_MAX_PAIRS = 2048
+FUSED_ROUTE_MAX_TOKENS = 16  # routing folded into the one-CTA plan: one token per warp
 
 
 def chunk_pairs_for(num_pairs: int) -> int:
@@ -218,40 +219,86 @@ def _plan_tensors(num_pairs, num_local, max_rows, max_tiles, counts_ptr, offsets
 
 
 class PlanSingleCta:
-    """Whole plan from ``topk_ids`` in one CTA (count, scan, ranked scatter)."""
+    """Whole plan in one CTA (count, scan, ranked scatter) from the routed ids of ``source``:
+
+    * ``"ids"``: ``topk_ids`` int32, written by an earlier launch;
+    * ``"packed"``: FlashInfer's packed pairs ``(id << 16) | bf16 weight bits``, unpacked here
+      into ``topk_ids`` and ``topk_weights`` (the unpack kernel folded in);
+    * a ``RouteTopk``: router logits of at most ``FUSED_ROUTE_MAX_TOKENS`` tokens, routed here one
+      token per warp (the routing kernel folded in).
+
+    A folded-in source leaves the ids in shared memory for the plan (at most
+    ``SINGLE_CTA_MAX_PAIRS``). At decode every
+    launch before FC1 is latency on the critical path: folding the producer of the ids in saves
+    one kernel boundary."""
+
+    def __init__(self, source="ids"):
+        if not (source in ("ids", "packed") or hasattr(source, "route_token")):
+            raise ValueError(f"source: expected 'ids', 'packed' or a RouteTopk, got {source!r}")
+        self.source = source
 
     @cute.jit
-    def __call__(self, ids_ptr: cute.Pointer, counts_ptr: cute.Pointer, offsets_ptr: cute.Pointer,
-                 e2p_ptr: cute.Pointer, p2e_ptr: cute.Pointer, tile_info_ptr: cute.Pointer,
-                 counters_ptr: cute.Pointer, num_pairs: Int32, expert_offset: Int32, num_local: Int32,
-                 tile_rows: Int32, max_rows: Int32, max_tiles: Int32, use_pdl: Int32, stream: cuda.CUstream):
-        """``use_pdl``: launch as a programmatic dependent of the routing kernel (which lets it
-        launch at its start): the plan waits for the ids at its start, then lets FC1 launch."""
+    def __call__(self, src_ptr: cute.Pointer, bias_ptr: cute.Pointer, ids_ptr: cute.Pointer,
+                 weights_ptr: cute.Pointer, replay_ptr: cute.Pointer, counts_ptr: cute.Pointer,
+                 offsets_ptr: cute.Pointer, e2p_ptr: cute.Pointer, p2e_ptr: cute.Pointer,
+                 tile_info_ptr: cute.Pointer, counters_ptr: cute.Pointer, num_pairs: Int32, expert_offset: Int32,
+                 num_local: Int32, tile_rows: Int32, max_rows: Int32, max_tiles: Int32,
+                 routed_scaling_factor: Float32, use_pdl: Int32, stream: cuda.CUstream):
+        """``src_ptr``: the source's input (ids, packed pairs or logits); ``bias_ptr``,
+        ``weights_ptr``, ``replay_ptr`` serve the folded-in routing / unpacking (any aligned
+        address otherwise). ``use_pdl``: launch as a programmatic dependent of the previous kernel
+        (which lets it launch at its start): the plan waits for it at its start, then lets FC1
+        launch."""
         plan = _plan_tensors(num_pairs, num_local, max_rows, max_tiles, counts_ptr, offsets_ptr,
                              e2p_ptr, p2e_ptr, tile_info_ptr, counters_ptr)
-        self.kernel(cute.make_tensor(ids_ptr, cute.make_layout(num_pairs)), *plan, num_pairs,
-                    expert_offset, num_local, tile_rows).launch(
+        pairs = cute.make_layout(num_pairs)
+        if cutlass.const_expr(self.source in ("ids", "packed")):
+            src = (cute.make_tensor(src_ptr, pairs), cute.make_tensor(bias_ptr, pairs), cute.make_tensor(ids_ptr, pairs),
+                   cute.make_tensor(weights_ptr, pairs), cute.make_tensor(replay_ptr, pairs))
+        else:
+            src = self.source.tensors(src_ptr, bias_ptr, ids_ptr, weights_ptr, replay_ptr,
+                                      num_pairs // self.source.top_k)
+        self.kernel(*src, *plan, num_pairs, expert_offset, num_local, tile_rows, routed_scaling_factor).launch(
             grid=[1, 1, 1], block=[THREADS, 1, 1], stream=stream, use_pdl=use_pdl)
 
     @cute.kernel
-    def kernel(self, topk_ids: cute.Tensor, expert_counts: cute.Tensor, expert_offsets: cute.Tensor,
-               e2p: cute.Tensor, p2e: cute.Tensor, tile_info: cute.Tensor, counters: cute.Tensor,
-               num_pairs: Int32, expert_offset: Int32, num_local: Int32, tile_rows: Int32):
+    def kernel(self, src: cute.Tensor, bias: cute.Tensor, topk_ids: cute.Tensor, topk_weights: cute.Tensor,
+               replay: cute.Tensor, expert_counts: cute.Tensor, expert_offsets: cute.Tensor, e2p: cute.Tensor,
+               p2e: cute.Tensor, tile_info: cute.Tensor, counters: cute.Tensor, num_pairs: Int32,
+               expert_offset: Int32, num_local: Int32, tile_rows: Int32, routed_scaling_factor: Float32):
         cute.arch.griddepcontrol_wait()  # the routed ids (a no-op without a programmatic launch)
         cute.arch.griddepcontrol_launch_dependents()  # FC1 waits for this grid at its own start
         tid = cute.arch.thread_idx()[0]
         smem = cutlass.memory.SmemAllocator()
+        s_ids = smem.allocate_tensor(Int32, cute.make_layout(SINGLE_CTA_MAX_PAIRS), 16)
         s_count = smem.allocate_tensor(Int32, cute.make_layout(MAX_LOCAL_EXPERTS), 16)
         s_offset = smem.allocate_tensor(Int32, cute.make_layout(MAX_LOCAL_EXPERTS), 16)
         s_tile_start = smem.allocate_tensor(Int32, cute.make_layout(MAX_LOCAL_EXPERTS), 16)
         s_scan = smem.allocate_tensor(Int32, cute.make_layout(WARPS), 16)
         s_warp_count = smem.allocate_tensor(
             Int32, cute.make_layout((WARPS, MAX_LOCAL_EXPERTS), stride=(MAX_LOCAL_EXPERTS, 1)), 16)
-        first = _first_id(tid, Int32(0), num_pairs, topk_ids)
+        ids = s_ids  # the routed ids the plan reads
+        if cutlass.const_expr(self.source == "ids"):
+            ids = src  # any number of pairs (build_plan may force one CTA past SINGLE_CTA_MAX_PAIRS)
+        elif cutlass.const_expr(self.source == "packed"):
+            for p in cutlass.range(tid, num_pairs, THREADS, unroll=SINGLE_CTA_MAX_PAIRS // THREADS):
+                v = src[p]
+                topk_ids[p] = v >> 16
+                topk_weights[p] = cutlass.Int16(v & 0xFFFF)
+                s_ids[p] = v >> 16
+        else:
+            lane = tid % 32
+            k = self.source.top_k
+            for t in cutlass.range(tid // 32, num_pairs // k, WARPS):
+                expert = self.source.route_token(src, bias, topk_ids, topk_weights, replay, t, lane,
+                                                 routed_scaling_factor)
+                if lane < k:
+                    s_ids[t * k + lane] = expert
         _zero(tid, s_count, MAX_LOCAL_EXPERTS)
         _zero(tid, s_warp_count, WARPS * MAX_LOCAL_EXPERTS)
         cute.arch.sync_threads()
-        _count_pairs(tid, Int32(0), num_pairs, topk_ids, expert_offset, num_local, s_count)
+        first = _first_id(tid, Int32(0), num_pairs, ids)
+        _count_pairs(tid, Int32(0), num_pairs, ids, expert_offset, num_local, s_count)
         cute.arch.sync_threads()
         count = Int32(0)
         if tid < num_local:
@@ -259,7 +306,7 @@ class PlanSingleCta:
         cute.arch.sync_threads()
         _write_layout(tid, count, num_local, tile_rows, s_offset, s_tile_start, s_count, s_scan,
                       expert_counts, expert_offsets, p2e, tile_info, counters)
-        _scatter_ranked(tid, Int32(0), num_pairs, first, topk_ids, expert_offset, num_local, s_offset,
+        _scatter_ranked(tid, Int32(0), num_pairs, first, ids, expert_offset, num_local, s_offset,
                         s_warp_count, e2p, p2e)
 
 
@@ -370,8 +417,16 @@ def _i32():
     return runtime.fake_ptr(torch.int32, 4)
 
 
-def single_cta_example_args():
-    return (_i32(), _i32(), _i32(), _i32(), _i32(), _i32(), _i32(), 1, 0, 1, 1, 1, 1, 0, runtime.fake_stream())
+def single_cta_example_args(source="ids"):
+    """Arguments that compile ``PlanSingleCta(source)`` without a GPU."""
+    if source in ("ids", "packed"):
+        src, bias, weights = _i32(), _i32(), runtime.fake_ptr(torch.int16, 2)
+    else:
+        from .routing import route_example_args
+
+        src, bias, _, weights, _ = route_example_args(source.logits_f32, source.bias_dtype)[:5]
+    return (src, bias, _i32(), weights, runtime.fake_ptr(torch.int16, 2), _i32(), _i32(), _i32(), _i32(), _i32(),
+            _i32(), 1, 0, 1, 1, 1, 1, 1.0, 0, runtime.fake_stream())
 
 
 def count_example_args():

@@ -134,12 +134,8 @@ class RouteTopk:
     def __call__(self, logits_ptr: cute.Pointer, bias_ptr: cute.Pointer, ids_ptr: cute.Pointer,
                  weights_ptr: cute.Pointer, replay_ptr: cute.Pointer, num_tokens: Int32,
                  routed_scaling_factor: Float32, stream: cuda.CUstream):
-        e, k = self.num_experts, self.top_k
-        logits = cute.make_tensor(logits_ptr, cute.make_layout((num_tokens, e), stride=(e, 1)))
-        bias = cute.make_tensor(bias_ptr, cute.make_layout(e))
-        pairs = cute.make_layout(num_tokens * k)
-        self.kernel(logits, bias, cute.make_tensor(ids_ptr, pairs), cute.make_tensor(weights_ptr, pairs),
-                    cute.make_tensor(replay_ptr, pairs), num_tokens, routed_scaling_factor).launch(
+        self.kernel(*self.tensors(logits_ptr, bias_ptr, ids_ptr, weights_ptr, replay_ptr, num_tokens), num_tokens,
+                    routed_scaling_factor).launch(
             grid=[(num_tokens + WARPS_PER_CTA - 1) // WARPS_PER_CTA, 1, 1],
             block=[WARPS_PER_CTA * WARP, 1, 1], stream=stream)
 
@@ -152,20 +148,40 @@ class RouteTopk:
         lane = tid % WARP
         t = cute.arch.block_idx()[0] * WARPS_PER_CTA + tid // WARP
         if t < num_tokens:
-            x = self._load_logits(logits, t, lane)
-            if cutlass.const_expr(self.method == M.Llama4):
-                sel_idx, sel_val = self._llama4_top1(x, lane)
-            else:
-                keys = self._selection_keys(x, bias, lane)
-                sel_idx, sel_key = self._top_k(keys, lane)
-                sel_val = _key_value(sel_key)
-            w = self._weight(sel_idx, sel_val, logits, t, lane, routed_scaling_factor)
-            if lane < self.top_k:
-                out = t * self.top_k + lane
-                ids[out] = sel_idx
-                weights[out] = w.to(cutlass.BFloat16)
-                if cutlass.const_expr(self.write_replay):
-                    replay[out] = sel_idx.to(cutlass.Int16)
+            self.route_token(logits, bias, ids, weights, replay, t, lane, routed_scaling_factor)
+
+    @cute.jit
+    def route_token(self, logits: cute.Tensor, bias: cute.Tensor, ids: cute.Tensor, weights: cute.Tensor,
+                    replay: cute.Tensor, t: Int32, lane: Int32, routed_scaling_factor: Float32) -> Int32:
+        """Token ``t`` on one warp: lane ``j < top_k`` writes slot ``j`` (id, bf16 weight, replay
+        id) and returns its expert id (the other lanes return -1). The fused route + plan kernel
+        (kernels/plan.py) calls this too."""
+        x = self._load_logits(logits, t, lane)
+        if cutlass.const_expr(self.method == M.Llama4):
+            sel_idx, sel_val = self._llama4_top1(x, lane)
+        else:
+            keys = self._selection_keys(x, bias, lane)
+            sel_idx, sel_key = self._top_k(keys, lane)
+            sel_val = _key_value(sel_key)
+        w = self._weight(sel_idx, sel_val, logits, t, lane, routed_scaling_factor)
+        expert = Int32(-1)
+        if lane < self.top_k:
+            out = t * self.top_k + lane
+            ids[out] = sel_idx
+            weights[out] = w.to(cutlass.BFloat16)
+            if cutlass.const_expr(self.write_replay):
+                replay[out] = sel_idx.to(cutlass.Int16)
+            expert = sel_idx
+        return expert
+
+    def tensors(self, logits_ptr: cute.Pointer, bias_ptr: cute.Pointer, ids_ptr: cute.Pointer,
+                weights_ptr: cute.Pointer, replay_ptr: cute.Pointer, num_tokens: Int32):
+        """(logits, bias, ids, weights, replay) tensors over the kernel's pointers."""
+        e, k = self.num_experts, self.top_k
+        pairs = cute.make_layout(num_tokens * k)
+        return (cute.make_tensor(logits_ptr, cute.make_layout((num_tokens, e), stride=(e, 1))),
+                cute.make_tensor(bias_ptr, cute.make_layout(e)), cute.make_tensor(ids_ptr, pairs),
+                cute.make_tensor(weights_ptr, pairs), cute.make_tensor(replay_ptr, pairs))
 
     # ----------------------------------------------------------------------- pieces
 

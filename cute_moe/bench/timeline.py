@@ -1,0 +1,91 @@
+"""Where one fused call's time goes: its kernels on the GPU timeline under CUDA-graph replay.
+
+The call is captured once per input set (as ``measure.time_graph`` does) and replayed under the
+torch profiler (CUPTI). Each call launches the same kernels in the same order, so the kernel
+records split into calls by count; per kernel position the median start offset from the call's
+first kernel, duration and the gap to the previous kernel's end are reported, with the call's
+span (first start to last end). Negative gaps are overlap (programmatic dependent launches).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class KernelSpan:
+    name: str
+    start_us: float  # from the call's first kernel start
+    duration_us: float
+    gap_us: float  # from the previous kernel's end (negative: overlap)
+
+
+_NAME_PARTS = ("RouteTopk", "UnpackTopk", "PlanSingleCta", "PlanCount", "PlanScan", "PlanScatter", "Wgmma",
+               "GroupedGemm", "CombineRows", "Quantize")
+
+
+def short_name(kernel: str) -> str:
+    """A CuTe DSL kernel name (module path, class and argument signature mangled in) shortened to
+    the kernel class."""
+    for part in _NAME_PARTS:
+        if part in kernel:
+            return part
+    return re.sub(r"^kernel_cutlass_", "", kernel)[:40]
+
+
+def _kernel_records(trace: dict) -> List[dict]:
+    return sorted((e for e in trace.get("traceEvents", []) if e.get("cat") == "kernel"), key=lambda e: e["ts"])
+
+
+def call_timeline(calls: Sequence[Callable[[], None]], reps: int = 20) -> List[KernelSpan]:
+    """Median kernel spans of one call (see the module docstring); ``calls`` as for time_graph."""
+    from torch.profiler import ProfilerActivity, profile
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for call in calls:
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            graph.replay()
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        records = _kernel_records(json.loads(path.read_text()))
+    per_call = len(records) // (reps * len(calls))
+    if per_call == 0 or len(records) % (reps * len(calls)):
+        raise RuntimeError(f"{len(records)} kernel records do not split into {reps * len(calls)} calls")
+    chunks = [records[i:i + per_call] for i in range(0, len(records), per_call)]
+    spans = []
+    for j in range(per_call):
+        starts = [c[j]["ts"] - c[0]["ts"] for c in chunks]
+        durs = [c[j]["dur"] for c in chunks]
+        gaps = [c[j]["ts"] - (c[j - 1]["ts"] + c[j - 1]["dur"]) if j else 0.0 for c in chunks]
+        spans.append(KernelSpan(short_name(chunks[0][j]["name"]), statistics.median(starts),
+                                statistics.median(durs), statistics.median(gaps)))
+    span = statistics.median(max(e["ts"] + e["dur"] for e in c) - c[0]["ts"] for c in chunks)
+    spans.append(KernelSpan("(call span)", 0.0, span, 0.0))
+    return spans
+
+
+def format_timeline(spans: List[KernelSpan]) -> str:
+    return "\n".join(f"  {s.name:<16}start {s.start_us:7.1f}  dur {s.duration_us:7.1f}  gap {s.gap_us:6.1f} us"
+                     for s in spans)
