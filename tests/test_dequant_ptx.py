@@ -58,10 +58,18 @@ def test_int4_scaled_pair_rounds_once(j):
         scale2 = bf16_bits(s) * 0x10001
         for byte in range(256):
             word = (byte << (8 * j)) | _other_bytes(j, rng)
-            w = word ^ 0x88888888
-            (pair,) = run(int4_convert.scaled_pair_ptx(j), [w, w >> 4, scale2])
+            (pair,) = run(int4_convert.scaled_pair_ptx(j), [word, word >> 4, scale2])
             q = [((byte & 15) ^ 8) - 8, ((byte >> 4) ^ 8) - 8]
             assert (pair & 0xFFFF, pair >> 16) == (bf16_bits(q[0] * s), bf16_bits(q[1] * s)), (s, byte)
+
+
+def test_int4_scale_pair_broadcasts_the_chosen_scale():
+    rng = random.Random(40)
+    for _ in range(64):
+        lo, hi = rng.getrandbits(16), rng.getrandbits(16)
+        for which, want in ((0, lo), (1, hi)):
+            (pair,) = run(int4_convert.SCALE_PAIR_PTX, [lo | (hi << 16), 0x1010 + which * 0x2222])
+            assert pair == want * 0x10001
 
 
 def _quantizer_inputs():

@@ -635,9 +635,8 @@ class GroupedGemm:
         if self.fp4:
             hi = word >> 4
             return [fp4_convert.scaled_pair(word, hi, s2, j) for j in range(INT4_PER_WORD // 2)]
-        w = word ^ int4_convert.SIGN_FLIP
-        hi = w >> 4
-        return [int4_convert.scaled_pair(w, hi, s2, j) for j in range(INT4_PER_WORD // 2)]
+        hi = word >> 4
+        return [int4_convert.scaled_pair(word, hi, s2, j) for j in range(INT4_PER_WORD // 2)]
 
     def fp4_source_row(self, p: Int32, m: Int32) -> Int32:
         """The checkpoint row behind prepared row ``p`` (cute_moe.layouts.fc1_source_rows): the
