@@ -226,6 +226,49 @@ def test_plan_with_routing_folded_in(method, e, k, kw, t, seeded):
     _check_invariants(plan, want_ids, 0, e, 8)
 
 
+def test_fused_calls_fold_the_routing_or_unpacking_into_a_one_cta_plan():
+    """A fused call's one-CTA plan routes up to FUSED_ROUTE_MAX_TOKENS tokens and unpacks packed
+    pairs up to SINGLE_CTA_MAX_PAIRS; larger calls, and calls that pass ids, launch them apart."""
+    from cute_moe.enums import RoutingMethodType as R
+    from cute_moe.kernels.plan import FUSED_ROUTE_MAX_TOKENS, SINGLE_CTA_MAX_PAIRS
+    from cute_moe.routing import RouteSpec, fused_plan_source
+
+    spec = RouteSpec.of(R.Renormalize, 128, 8, torch.float32, None, None, None, True, False)
+    small, mid = PlanShape(FUSED_ROUTE_MAX_TOKENS, 8, 128, 8), PlanShape(FUSED_ROUTE_MAX_TOKENS + 1, 8, 128, 8)
+    big = PlanShape(SINGLE_CTA_MAX_PAIRS // 8 + 1, 8, 128, 8)
+    assert fused_plan_source(small, spec, False) == spec
+    assert fused_plan_source(mid, spec, False) == "ids"  # routing kernel, then the one-CTA plan
+    assert fused_plan_source(PlanShape(SINGLE_CTA_MAX_PAIRS // 8, 8, 128, 8), None, True) == "packed"
+    assert fused_plan_source(big, None, True) == "ids"  # chunked plan: unpack kernel first
+    assert fused_plan_source(small, None, False) == "ids"
+
+
+def test_a_plan_that_routes_runs_in_one_cta():
+    from cute_moe.routing import PlanFront, PlanPointers, launch_plan
+
+    front = PlanFront(0, 0, 0, 0)
+    ptrs = PlanPointers(0, 0, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match="one CTA"):
+        launch_plan([None, None, None], PlanShape(4096, 8, 128, 8), 0, 0, ptrs, 0, 0, front=front)
+    with pytest.raises(ValueError, match="one CTA"):
+        launch_plan([None], PlanShape(300, 8, 128, 8), 0, 0, ptrs, 0, 0, front=front)
+
+
+def test_warmup_compiles_every_plan_source_a_model_uses():
+    """Per token count: the one-CTA plan from ids, from packed pairs and, at small T, with each
+    routing kernel folded in; the chunked plan's three kernels above SINGLE_CTA_MAX_PAIRS."""
+    from cute_moe.precompile import model_kernels
+
+    keys = [job.key for job in model_kernels(hidden_size=2048, intermediate_size=768, num_experts=128, top_k=8,
+                                             tokens=(1, 64, 4096))]
+    plans = [k for k in keys if k[0] == "plan"]
+    singles = [k[2] for k in plans if k[1] == "single_cta"]
+    assert "ids" in singles and "packed" in singles
+    routed = [s for s in singles if not isinstance(s, str)]
+    assert len(routed) == 2 and {s.logits_f32 for s in routed} == {True, False}  # float32 and bf16 logits
+    assert {k[1] for k in plans} >= {"count", "scan", "scatter"}  # T = 4096
+
+
 # --------------------------------------------------------------------------- bad input (CPU)
 
 

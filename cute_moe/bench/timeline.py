@@ -70,9 +70,15 @@ def call_timeline(calls: Sequence[Callable[[], None]], reps: int = 20) -> List[K
         path = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(path))
         records = _kernel_records(json.loads(path.read_text()))
-    per_call = len(records) // (reps * len(calls))
-    if per_call == 0 or len(records) % (reps * len(calls)):
-        raise RuntimeError(f"{len(records)} kernel records do not split into {reps * len(calls)} calls")
+    return spans_of(records, reps * len(calls))
+
+
+def spans_of(records: List[dict], num_calls: int) -> List[KernelSpan]:
+    """Median spans per kernel position over ``num_calls`` calls, from kernel records (``name``,
+    ``ts``, ``dur`` in us) sorted by start, and the call span last."""
+    per_call = len(records) // num_calls if num_calls else 0
+    if per_call == 0 or len(records) % num_calls:
+        raise RuntimeError(f"{len(records)} kernel records do not split into {num_calls} calls")
     chunks = [records[i:i + per_call] for i in range(0, len(records), per_call)]
     spans = []
     for j in range(per_call):

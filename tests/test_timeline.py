@@ -1,0 +1,35 @@
+"""cute-moe-bench --timeline: kernel records of graph replays split into calls (CPU)."""
+
+import pytest
+
+from cute_moe.bench.timeline import short_name, spans_of
+
+
+def _call(t0, kernels):
+    return [{"name": n, "ts": t0 + s, "dur": d} for n, s, d in kernels]
+
+
+def test_spans_are_medians_per_kernel_position_with_gaps_and_the_call_span():
+    plan = "kernel_cutlass_kernel_cute_moekernelsplanPlanSingleCta_object_at_0"
+    gemm = "kernel_cutlass_kernel_cute_moekernelsgrouped_gemmGroupedGemm_object_at_0"
+    records = (_call(0, [(plan, 0, 4), (gemm, 1, 20), (gemm, 5, 22)])
+               + _call(100, [(plan, 0, 6), (gemm, 1, 24), (gemm, 5, 30)])
+               + _call(200, [(plan, 0, 5), (gemm, 1, 22), (gemm, 5, 26)]))
+    spans = spans_of(records, 3)
+    assert [s.name for s in spans] == ["PlanSingleCta", "GroupedGemm", "GroupedGemm", "(call span)"]
+    assert [s.duration_us for s in spans] == [5, 22, 26, 31]
+    assert [s.start_us for s in spans[:3]] == [0, 1, 5]
+    assert spans[1].gap_us == -4 and spans[2].gap_us == -18  # programmatic launches overlap
+
+
+def test_records_that_do_not_split_into_calls_are_refused():
+    with pytest.raises(RuntimeError, match="do not split"):
+        spans_of(_call(0, [("a", 0, 1), ("b", 1, 1), ("c", 2, 1)]), 2)
+    with pytest.raises(RuntimeError, match="do not split"):
+        spans_of([], 2)
+
+
+def test_short_names_keep_the_kernel_class():
+    assert short_name("kernel_cutlass_kernel_cute_moekernelscombineCombineRows_object_at_0") == "CombineRows"
+    assert short_name("kernel_cutlass_kernel_cute_moekernelsroutingRouteTopk_object_0") == "RouteTopk"
+    assert short_name("void at::native::elementwise_kernel") == "void at::native::elementwise_kernel"
