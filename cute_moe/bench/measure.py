@@ -47,8 +47,8 @@ def measure_ceilings(copy_bytes: int = 2 << 30, matmul_n: int = 8192) -> Ceiling
                     bf16_flops_per_s=2 * matmul_n**3 / (mm_ms * 1e-3))
 
 
-def time_graph(calls: Sequence[Callable[[], None]], reps: int = 50, warmup: int = 5) -> float:
-    """Median microseconds of one call, from a CUDA graph that runs every call once per replay."""
+def capture_graph(calls: Sequence[Callable[[], None]]) -> "torch.cuda.CUDAGraph":
+    """A CUDA graph that runs every call once per replay (after one eager round on a side stream)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -59,6 +59,12 @@ def time_graph(calls: Sequence[Callable[[], None]], reps: int = 50, warmup: int 
     with torch.cuda.graph(graph):
         for call in calls:
             call()
+    return graph
+
+
+def time_graph(calls: Sequence[Callable[[], None]], reps: int = 50, warmup: int = 5) -> float:
+    """Median microseconds of one call, from a CUDA graph that runs every call once per replay."""
+    graph = capture_graph(calls)
     return _median_ms(graph.replay, reps=reps, warmup=warmup) * 1e3 / len(calls)
 
 

@@ -19,6 +19,8 @@ from typing import Callable, List, Sequence
 
 import torch
 
+from .measure import capture_graph
+
 
 @dataclass(frozen=True)
 class KernelSpan:
@@ -49,16 +51,7 @@ def call_timeline(calls: Sequence[Callable[[], None]], reps: int = 20) -> List[K
     """Median kernel spans of one call (see the module docstring); ``calls`` as for time_graph."""
     from torch.profiler import ProfilerActivity, profile
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for call in calls:
-            call()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
+    graph = capture_graph(calls)
     for _ in range(3):
         graph.replay()
     torch.cuda.synchronize()
