@@ -241,9 +241,8 @@ class PlanSingleCta:
       token per warp (the routing kernel folded in).
 
     A folded-in source leaves the ids in shared memory for the plan (at most
-    ``SINGLE_CTA_MAX_PAIRS``). At decode every
-    launch before FC1 is latency on the critical path: folding the producer of the ids in saves
-    one kernel boundary."""
+    ``SINGLE_CTA_MAX_PAIRS``). At decode every launch before FC1 is latency on the critical path:
+    folding the producer of the ids in saves one kernel boundary."""
 
     def __init__(self, source="ids"):
         if not (source in ("ids", "packed") or hasattr(source, "route_token")):
