@@ -32,6 +32,7 @@ from cutlass import Float32, Int32
 
 from ..plan import RASTER_TILES
 from . import runtime
+from .topk_pack import unpack_pair
 
 THREADS = 512
 WARPS = THREADS // 32
@@ -295,10 +296,10 @@ class PlanSingleCta:
             ids = src  # any number of pairs (build_plan may force one CTA past SINGLE_CTA_MAX_PAIRS)
         elif cutlass.const_expr(self.source == "packed"):
             for p in cutlass.range(tid, num_pairs, THREADS, unroll=SINGLE_CTA_MAX_PAIRS // THREADS):
-                v = src[p]
-                topk_ids[p] = v >> 16
-                topk_weights[p] = cutlass.Int16(v & 0xFFFF)
-                s_ids[p] = v >> 16
+                expert, weight_bits = unpack_pair(src[p])
+                topk_ids[p] = expert
+                topk_weights[p] = weight_bits
+                s_ids[p] = expert
         else:
             lane = tid % 32
             k = self.source.top_k

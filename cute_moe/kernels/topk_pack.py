@@ -34,6 +34,12 @@ def _f32_bits_to_bf16_bits(bits: cutlass.Int32) -> cutlass.Int32:
     return out
 
 
+def unpack_pair(packed):
+    """(expert id, bf16 weight bits as int16) of one packed int32 (traced inside kernels: the
+    unpack kernel and the one-CTA plan that folds it in)."""
+    return packed >> 16, cutlass.Int16(packed & 0xFFFF)
+
+
 class PackTopk:
     """``packed[i] = (ids[i] << 16) | bf16_bits(weights[i])`` for ``i < n``."""
 
@@ -78,9 +84,7 @@ class UnpackTopk:
         cute.arch.griddepcontrol_launch_dependents()  # the plan may launch (it waits for this grid)
         i = cute.arch.block_idx()[0] * _THREADS + cute.arch.thread_idx()[0]
         if i < n:
-            p = packed[i]
-            ids[i] = p >> 16
-            wbits[i] = cutlass.Int16(p & 0xFFFF)
+            ids[i], wbits[i] = unpack_pair(packed[i])
 
 
 # --------------------------------------------------------------------------- compile-time examples
