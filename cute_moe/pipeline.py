@@ -271,7 +271,8 @@ class CallRecipe:
         combine = combine_kernel(arch, k, weights_f32) if finalize else None
         scale = 1.0 if call.routed_scaling_factor is None else float(call.routed_scaling_factor)
         return cls(device.index if device.index is not None else torch.cuda.current_device(), config, shape, route,
-                   quantize, block_scaled, unpack, plan_kernels(arch, plan_is_single_cta(shape), source), source != "ids", fc1, fc2, combine,
+                   quantize, block_scaled, unpack, plan_kernels(arch, plan_is_single_cta(shape), source),
+                   source != "ids", fc1, fc2, combine,
                    _num_ctas(config, config.fc1, device, tiles, m), _num_ctas(config, config.fc2, device, tiles, h),
                    m, scale, layout)
 

@@ -74,13 +74,14 @@ def model_kernels(*, hidden_size: int, intermediate_size: int, num_experts: int,
     biases = (torch.bfloat16, torch.float32) if method in (RoutingMethodType.DeepSeekV3,
                                                            RoutingMethodType.MiniMax2) else (None,)
     fp4 = weights == "nvfp4"
-    route_specs = []
+    routings = []  # (RouteSpec, label)
     if not fp4:
         for logits in (torch.float32, torch.bfloat16):
             for bias in biases:
                 spec = RouteSpec.of(method, num_experts, top_k, logits, bias, n_group, topk_group, True, False)
-                route_specs.append(spec)
-                add(f"route {method.name} logits {str(logits)[6:]}", ("route", spec), spec.kernel)
+                label = f"{method.name} logits {str(logits)[6:]}" + (f" {str(bias)[6:]} bias" if bias else "")
+                routings.append((spec, label))
+                add(f"route {label}", ("route", spec), spec.kernel)
         add("unpack routing", ("unpack",), unpack_kernel)
     else:
         from .activation_quant import quantize_kernel
@@ -103,13 +104,10 @@ def model_kernels(*, hidden_size: int, intermediate_size: int, num_experts: int,
             shape = PlanShape(t, top_k, local, config.tile_rows)
             if plan_is_single_cta(shape):
                 # ids (routed entries with ids), packed pairs, and the routing folded in at small T
-                sources = ["ids"] + ([] if fp4 else ["packed"])
-                sources += [spec for spec in route_specs if fused_plan_source(shape, spec, False) == spec]
-                for source in sources:
-                    name = source if isinstance(source, str) else (
-                        f"{method.name} logits {'float32' if source.logits_f32 else 'bfloat16'}"
-                        + (f" {source.bias_dtype} bias" if source.bias_dtype else ""))
-                    add(f"plan single_cta from {name}", ("plan", "single_cta", source),
+                sources = [("ids", "ids")] + ([] if fp4 else [("packed", "packed")])
+                sources += [(spec, label) for spec, label in routings if fused_plan_source(shape, spec, False) == spec]
+                for source, label in sources:
+                    add(f"plan single_cta from {label}", ("plan", "single_cta", source),
                         lambda a, s=source: plan_kernel(a, "single_cta", s))
             else:
                 for part in ("count", "scan", "scatter"):
