@@ -29,7 +29,7 @@ from .activation_quant import launch_quantize
 from .kernels.gemm_config import FP4_SCALE_ALIGN, INT4_SCALE_ALIGN, GemmConfig
 from .kernels.topk_pack import launch_unpack_topk
 from .plan import PlanShape
-from .routing import PlanFront, PlanPointers, launch_combine, launch_plan, launch_route
+from .routing import PlanFront, PlanPointers, launch_combine, launch_plan, launch_route, plan_prefetch
 from .select import ENV_VARIANT
 
 
@@ -195,6 +195,7 @@ class CallRecipe:
     unpack: Optional[Callable]  # PackedPrecomputed: the unpacking kernel
     plan_kernels: List[Callable]
     plan_routes: bool  # the one-CTA plan folds in the routing or the unpacking (route / unpack: None)
+    plan_prefetches: bool  # the one-CTA plan moves the routed experts' first weight bytes into L2
     fc1: Callable
     fc2: Callable
     combine: Optional[Callable]  # do_finalize only
@@ -209,7 +210,7 @@ class CallRecipe:
         from .gemm import _num_ctas, fc1_kernel_key, fc2_kernel_key, gemm_kernel, token_rows_of
         from .kernels.topk_pack import unpack_kernel
         from .routing import (RouteSpec, combine_kernel, fused_plan_source, plan_is_single_cta, plan_kernels,
-                              plan_workspace_ints)
+                              plan_prefetch, plan_workspace_ints)
         from .select import select_config
 
         device = call.hidden_states.device
@@ -270,9 +271,14 @@ class CallRecipe:
         weights_f32 = call.topk_weights is not None and call.topk_weights.dtype == torch.float32
         combine = combine_kernel(arch, k, weights_f32) if finalize else None
         scale = 1.0 if call.routed_scaling_factor is None else float(call.routed_scaling_factor)
+        # decode (programmatic launches): DRAM idles while the plan runs; the prefix order of
+        # prefetch holds for weights stored k-block major (bf16, MXINT4), not for b12x's rows
+        prefetches = (config.pdl and kind in ("bf16", "mxint4") and plan_is_single_cta(shape)
+                      and plan_prefetch(shape, 0, 0, call.weights.gemm1.nbytes // local,
+                                        call.weights.gemm2.nbytes // local) is not None)
         return cls(device.index if device.index is not None else torch.cuda.current_device(), config, shape, route,
                    quantize, block_scaled, unpack, plan_kernels(arch, plan_is_single_cta(shape), source),
-                   source != "ids", fc1, fc2, combine,
+                   source != "ids", prefetches, fc1, fc2, combine,
                    _num_ctas(config, config.fc1, device, tiles, m), _num_ctas(config, config.fc2, device, tiles, h),
                    m, scale, layout)
 
@@ -370,8 +376,12 @@ def run_moe(call: MoeCall) -> List[torch.Tensor]:
     # before: each kernel launches while its predecessor runs and waits for it at its start (the
     # first kernel of the call, a plan that routes itself, launches plainly)
     pdl = recipe.config.pdl
+    prefetch = None
+    if recipe.plan_prefetches:
+        local = shape.local_num_experts
+        prefetch = plan_prefetch(shape, w1, w2, w.gemm1.nbytes // local, w.gemm2.nbytes // local)
     launch_plan(recipe.plan_kernels, shape, int(call.local_expert_offset), ids, plan, buf("plan_workspace"), stream,
-                pdl and front is None, front)
+                pdl and front is None, front, prefetch)
     if replay is not None and call.mode != RoutingInputMode.FromLogits:
         ids_view = call.topk_ids if call.mode == RoutingInputMode.UnpackedPrecomputed else \
             workspace[layout["topk_ids"]:layout["topk_ids"] + 4 * pairs].view(torch.int32).view(t, k)

@@ -296,25 +296,65 @@ class PlanFront:
     scale: float = 1.0
 
 
+@dataclass(frozen=True)
+class PlanPrefetch:
+    """Weights the one-CTA plan's extra CTAs move into L2 while it runs (kernels/l2_prefetch.py):
+    the first ``share`` bytes of each routed pair's expert, FC1's (``w1``, ``fc1_bytes`` per
+    local expert) then FC2's, spread over ``ctas`` CTAs."""
+
+    w1: int
+    w2: int
+    fc1_bytes: int
+    fc2_bytes: int
+    share: int
+    ctas: int
+
+
+# A decode call's plan runs ~4.4 us before FC1 streams (H100, qwen3-30b-a3b T=1), DRAM idle:
+# PREFETCH_CTAS more CTAs of the plan's launch move PREFETCH_BUDGET bytes of the routed experts'
+# weights into L2 meanwhile. Measured (one H100, A/B in one session): qwen3-30b-a3b T=1 -1.1 us
+# (bf16, 75 MB streamed) and -0.4 to -1.2 us (MXINT4, 20 MB), but gpt-oss-120b T=1 (200 MB) +1.2
+# to +1.7 us and T=8 points within noise, hence the bound on the streamed bytes; budgets of 4 and
+# 16 MB and 128 CTAs gave the same gains (docs/gemm_notes.md).
+PREFETCH_BUDGET = 8 << 20
+PREFETCH_CTAS = 32
+PREFETCH_MAX_PAIRS = 64
+PREFETCH_MAX_STREAM = 96 << 20  # routed pairs x expert bytes
+
+
+def plan_prefetch(shape: PlanShape, w1: int, w2: int, fc1_bytes: int, fc2_bytes: int) -> Optional[PlanPrefetch]:
+    """The L2 prefetch of a decode call's one-CTA plan, or None where it did not pay: more than
+    ``PREFETCH_MAX_PAIRS`` pairs or ``PREFETCH_MAX_STREAM`` bytes of routed experts."""
+    from .kernels.l2_prefetch import PREFETCH_CHUNK
+
+    n = shape.num_pairs
+    if n == 0 or n > PREFETCH_MAX_PAIRS or n * (fc1_bytes + fc2_bytes) > PREFETCH_MAX_STREAM:
+        return None
+    share = max(PREFETCH_BUDGET // n // PREFETCH_CHUNK, 1) * PREFETCH_CHUNK
+    return PlanPrefetch(w1, w2, fc1_bytes, fc2_bytes, share, PREFETCH_CTAS)
+
+
 def launch_plan(kernels: List, shape: PlanShape, local_expert_offset: int, topk_ids: int, plan: PlanPointers,
-                workspace: int, stream: int, use_pdl: bool = False, front: Optional[PlanFront] = None) -> None:
+                workspace: int, stream: int, use_pdl: bool = False, front: Optional[PlanFront] = None,
+                prefetch: Optional[PlanPrefetch] = None) -> None:
     """Launch ``plan_kernels`` for ``shape`` (one CTA: ``[single]``, chunked: ``[count, scan,
     scatter]`` with ``plan_workspace_ints`` int32 of ``workspace``). ``use_pdl``: the one-CTA
     plan launches as a programmatic dependent of the previous kernel (it waits for it at its
     start). ``front``: the inputs of the routing or unpacking a one-CTA plan folds in (it then
-    writes ``topk_ids``)."""
+    writes ``topk_ids``). ``prefetch``: weights the one-CTA plan moves into L2."""
     from .kernels import plan as kplan
 
     n, num_local, tr = shape.num_pairs, shape.local_num_experts, shape.tile_rows
     max_rows, max_tiles = max(shape.max_padded_rows, 1), max(shape.max_tiles, 1)
-    if front is not None and (len(kernels) != 1 or n > kplan.SINGLE_CTA_MAX_PAIRS):
-        raise ValueError(f"a plan that routes or unpacks runs in one CTA of at most {kplan.SINGLE_CTA_MAX_PAIRS} "
-                         f"pairs, got {n} pairs on {len(kernels)} kernels")
+    if (front is not None or prefetch is not None) and (len(kernels) != 1 or n > kplan.SINGLE_CTA_MAX_PAIRS):
+        raise ValueError(f"a plan that routes, unpacks or prefetches runs in one CTA of at most "
+                         f"{kplan.SINGLE_CTA_MAX_PAIRS} pairs, got {n} pairs on {len(kernels)} kernels")
     if len(kernels) == 1:
         f = front or PlanFront(topk_ids, topk_ids, topk_ids, topk_ids)
+        pf = prefetch or PlanPrefetch(0, 0, 16, 16, 0, 0)
         kernels[0](f.src, f.bias, topk_ids, f.weights, f.replay, plan.counts, plan.offsets, plan.e2p, plan.p2e,
                    plan.tiles, plan.counters, n, local_expert_offset, num_local, tr, max_rows, max_tiles, f.scale,
-                   int(use_pdl), stream)
+                   pf.w1, pf.w2, pf.fc1_bytes, pf.fc2_bytes, pf.share, pf.ctas, int(use_pdl), stream)
         return
     chunk = kplan.chunk_pairs_for(n)
     num_chunks = (n + chunk - 1) // chunk

@@ -39,9 +39,10 @@ VARIANTS = [
      lambda: routing_k.route_example_args(False, None), ["redux.sync.min.s32", "div.rn.f32", "st.global.b16"]),
     ("route_llama4_e128_k1", lambda: routing_k.RouteTopk(RM.Llama4, 128, 1, True, None),
      lambda: routing_k.route_example_args(True, None), ["redux.sync.max.s32"]),
+    # its extra CTAs move the routed experts' first weight bytes into L2 (decode)
     ("plan_single_cta", plan_k.PlanSingleCta, plan_k.single_cta_example_args,
      ["match.any.sync.b32", "atom.shared.add", "bar.sync", "griddepcontrol.wait",
-      "griddepcontrol.launch_dependents"]),
+      "griddepcontrol.launch_dependents", "cp.async.bulk.prefetch.L2.global"]),
     # the one-CTA plan with the unpacking / the routing folded in (decode: one launch fewer)
     ("plan_single_cta_packed", lambda: plan_k.PlanSingleCta("packed"), lambda: plan_k.single_cta_example_args("packed"),
      ["shr.s32", "st.global.b16", "match.any.sync.b32", "atom.shared.add"]),
@@ -52,7 +53,7 @@ VARIANTS = [
     ("plan_single_cta_route_renormalize_f32_replay",
      lambda: plan_k.PlanSingleCta(routing_k.RouteTopk(RM.Renormalize, 128, 8, True, None, write_replay=True)),
      lambda: plan_k.single_cta_example_args(routing_k.RouteTopk(RM.Renormalize, 128, 8, True, None)),
-     ["redux.sync.min.s32", "ex2.approx", "st.global.b16", "match.any.sync.b32"]),
+     ["redux.sync.min.s32", "ex2.approx", "st.global.b16", "match.any.sync.b32", "cp.async.bulk.prefetch.L2.global"]),
     ("plan_count_chunks", plan_k.PlanCountChunks, plan_k.count_example_args, ["atom.shared.add"]),
     ("plan_scan", plan_k.PlanScan, plan_k.scan_example_args, ["shfl.sync.up", "bar.sync"]),
     ("plan_scatter_chunks", plan_k.PlanScatterChunks, plan_k.scatter_example_args, ["match.any.sync.b32"]),

@@ -158,9 +158,9 @@ def test_plan_is_deterministic(seeded):
 # --------------------------------------------------------------------------- folded-in sources
 
 
-def _folded_plan(source, src, bias, t, k, offset, num_local, tile_rows, scale=1.0, replay=None):
+def _folded_plan(source, src, bias, t, k, offset, num_local, tile_rows, scale=1.0, replay=None, prefetch=None):
     """The one-CTA plan with ``source`` ("packed" or a RouteSpec) folded in, as a fused call
-    launches it: (topk_ids, bf16 weights, plan)."""
+    launches it (``prefetch``: a PlanPrefetch, its extra CTAs): (topk_ids, bf16 weights, plan)."""
     from cute_moe.kernels import runtime
     from cute_moe.routing import PlanFront, PlanPointers, launch_plan, plan_kernel
 
@@ -174,7 +174,7 @@ def _folded_plan(source, src, bias, t, k, offset, num_local, tile_rows, scale=1.
                       p(replay, align=2) if replay is not None else p(ids, align=4), scale)
     kernel = plan_kernel(runtime.arch_of_device(), "single_cta", source)
     launch_plan([kernel], shape, offset, p(ids, align=4), PlanPointers.of(plan), p(ids, align=4),
-                runtime.current_stream(), False, front)
+                runtime.current_stream(), False, front, prefetch)
     return ids, weights, plan
 
 
@@ -226,6 +226,58 @@ def test_plan_with_routing_folded_in(method, e, k, kw, t, seeded):
     _check_invariants(plan, want_ids, 0, e, 8)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("t", [1, 8])
+@pytest.mark.parametrize("source", ["packed", "routing"])
+def test_prefetching_ctas_leave_the_plan_unchanged(source, t, seeded):
+    """The plan's extra CTAs only read (they recompute the ids and prefetch weights): ids,
+    weights and plan are bitwise those of the plan alone, with experts outside the local range."""
+    from cute_moe.enums import RoutingMethodType as R
+    from cute_moe.kernels.l2_prefetch import PREFETCH_CHUNK
+    from cute_moe.kernels.topk_pack import pack_topk
+    from cute_moe.routing import PlanPrefetch, RouteSpec
+
+    k, e, offset, num_local = 8, 128, 32, 64
+    w1 = torch.empty(num_local, 3 * PREFETCH_CHUNK, dtype=torch.uint8, device="cuda")
+    w2 = torch.empty(num_local, PREFETCH_CHUNK // 2, dtype=torch.uint8, device="cuda")
+    # 4 chunks per pair: FC1's 3, then FC2's half chunk
+    prefetch = PlanPrefetch(w1.data_ptr(), w2.data_ptr(), w1[0].nbytes, w2[0].nbytes, 4 * PREFETCH_CHUNK, 5)
+    if source == "packed":
+        src, bias = pack_topk(_random_ids(t, k, e, seeded), torch.rand(t, k, generator=seeded).cuda()), None
+        spec = "packed"
+    else:
+        src, bias = torch.randn(t, e, generator=seeded).cuda(), None
+        spec = RouteSpec.of(R.Renormalize, e, k, src.dtype, None, None, None, True, False)
+    alone = _folded_plan(spec, src, bias, t, k, offset, num_local, 8)
+    with_prefetch = _folded_plan(spec, src, bias, t, k, offset, num_local, 8, prefetch=prefetch)
+    torch.cuda.synchronize()
+    assert torch.equal(alone[0], with_prefetch[0])
+    assert torch.equal(alone[1].view(torch.int16), with_prefetch[1].view(torch.int16))
+    _check_equal_reference(with_prefetch[2], alone[2])
+
+
+def test_decode_plans_prefetch_only_short_weight_streams():
+    """The plan prefetches at most PREFETCH_MAX_PAIRS pairs whose experts stream at most
+    PREFETCH_MAX_STREAM bytes, in whole chunks, at least one per pair."""
+    from cute_moe.kernels.l2_prefetch import PREFETCH_CHUNK
+    from cute_moe.routing import (PREFETCH_BUDGET, PREFETCH_CTAS, PREFETCH_MAX_PAIRS, PREFETCH_MAX_STREAM,
+                                  plan_prefetch)
+
+    qwen3 = (6 << 20, 3 << 20)  # ~FC1 / FC2 bytes of one qwen3-30b-a3b expert
+    got = plan_prefetch(PlanShape(1, 8, 128, 8), 16, 32, *qwen3)
+    assert (got.w1, got.w2, got.fc1_bytes, got.fc2_bytes, got.ctas) == (16, 32, *qwen3, PREFETCH_CTAS)
+    assert got.share == PREFETCH_BUDGET // 8 and got.share % PREFETCH_CHUNK == 0
+    assert plan_prefetch(PlanShape(2, 8, 128, 8), 16, 32, *qwen3) is None  # 16 x 9 MB streamed
+    assert plan_prefetch(PlanShape(0, 8, 128, 8), 16, 32, *qwen3) is None
+    small = (1 << 16, 1 << 16)
+    assert plan_prefetch(PlanShape(PREFETCH_MAX_PAIRS // 8, 8, 128, 8), 0, 0, *small).share == \
+        max(PREFETCH_BUDGET // PREFETCH_MAX_PAIRS // PREFETCH_CHUNK, 1) * PREFETCH_CHUNK
+    assert plan_prefetch(PlanShape(PREFETCH_MAX_PAIRS // 8 + 1, 8, 128, 8), 0, 0, *small) is None
+    edge = PREFETCH_MAX_STREAM // 8
+    assert plan_prefetch(PlanShape(1, 8, 128, 8), 0, 0, edge, 0) is not None
+    assert plan_prefetch(PlanShape(1, 8, 128, 8), 0, 0, edge, 16) is None
+
+
 def test_fused_calls_fold_the_routing_or_unpacking_into_a_one_cta_plan():
     """A fused call's one-CTA plan routes up to FUSED_ROUTE_MAX_TOKENS tokens and unpacks packed
     pairs up to SINGLE_CTA_MAX_PAIRS; larger calls, and calls that pass ids, launch them apart."""
@@ -244,7 +296,7 @@ def test_fused_calls_fold_the_routing_or_unpacking_into_a_one_cta_plan():
 
 
 def test_a_plan_that_routes_runs_in_one_cta():
-    from cute_moe.routing import PlanFront, PlanPointers, launch_plan
+    from cute_moe.routing import PlanFront, PlanPointers, PlanPrefetch, launch_plan
 
     front = PlanFront(0, 0, 0, 0)
     ptrs = PlanPointers(0, 0, 0, 0, 0, 0)
@@ -252,6 +304,9 @@ def test_a_plan_that_routes_runs_in_one_cta():
         launch_plan([None, None, None], PlanShape(4096, 8, 128, 8), 0, 0, ptrs, 0, 0, front=front)
     with pytest.raises(ValueError, match="one CTA"):
         launch_plan([None], PlanShape(300, 8, 128, 8), 0, 0, ptrs, 0, 0, front=front)
+    prefetch = PlanPrefetch(0, 0, 16, 16, 0, 1)
+    with pytest.raises(ValueError, match="one CTA"):
+        launch_plan([None, None, None], PlanShape(4096, 8, 128, 8), 0, 0, ptrs, 0, 0, prefetch=prefetch)
 
 
 def test_warmup_compiles_every_plan_source_a_model_uses():

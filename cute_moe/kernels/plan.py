@@ -28,10 +28,11 @@ import cutlass
 import cutlass.cute as cute
 import cutlass.memory
 import cuda.bindings.driver as cuda
-from cutlass import Float32, Int32
+from cutlass import Float32, Int32, Int64
 
 from ..plan import RASTER_TILES
 from . import runtime
+from .l2_prefetch import prefetch_expert_prefixes
 from .topk_pack import unpack_pair
 
 THREADS = 512
@@ -243,7 +244,9 @@ class PlanSingleCta:
 
     A folded-in source leaves the ids in shared memory for the plan (at most
     ``SINGLE_CTA_MAX_PAIRS``). At decode every launch before FC1 is latency on the critical path:
-    folding the producer of the ids in saves one kernel boundary."""
+    folding the producer of the ids in saves one kernel boundary. CTAs past the first only
+    prefetch: they recompute the ids and move the routed experts' first weight bytes into L2
+    (``l2_prefetch``) while the first CTA plans."""
 
     def __init__(self, source="ids"):
         if not (source in ("ids", "packed") or hasattr(source, "route_token")):
@@ -256,12 +259,17 @@ class PlanSingleCta:
                  offsets_ptr: cute.Pointer, e2p_ptr: cute.Pointer, p2e_ptr: cute.Pointer,
                  tile_info_ptr: cute.Pointer, counters_ptr: cute.Pointer, num_pairs: Int32, expert_offset: Int32,
                  num_local: Int32, tile_rows: Int32, max_rows: Int32, max_tiles: Int32,
-                 routed_scaling_factor: Float32, use_pdl: Int32, stream: cuda.CUstream):
+                 routed_scaling_factor: Float32, w1: Int64, w2: Int64, fc1_bytes: Int64, fc2_bytes: Int64,
+                 prefetch_share: Int32, prefetch_ctas: Int32, use_pdl: Int32,
+                 stream: cuda.CUstream):
         """``src_ptr``: the source's input (ids, packed pairs or logits); ``bias_ptr``,
         ``weights_ptr``, ``replay_ptr`` serve the folded-in routing / unpacking (any aligned
-        address otherwise). ``use_pdl``: launch as a programmatic dependent of the previous kernel
-        (which lets it launch at its start): the plan waits for it at its start, then lets FC1
-        launch."""
+        address otherwise). ``w1`` / ``w2``: addresses of the experts' FC1 / FC2 weights,
+        ``fc1_bytes`` / ``fc2_bytes`` per local expert; ``prefetch_ctas`` more CTAs move the first
+        ``prefetch_share`` bytes of every routed pair's expert into L2 while the plan runs (0:
+        none; ``l2_prefetch``). ``use_pdl``: launch as a programmatic dependent of the previous
+        kernel (which lets it launch at its start): the plan waits for it at its start, then lets
+        FC1 launch."""
         plan = _plan_tensors(num_pairs, num_local, max_rows, max_tiles, counts_ptr, offsets_ptr,
                              e2p_ptr, p2e_ptr, tile_info_ptr, counters_ptr)
         pairs = cute.make_layout(num_pairs)
@@ -271,17 +279,22 @@ class PlanSingleCta:
         else:
             src = self.source.tensors(src_ptr, bias_ptr, ids_ptr, weights_ptr, replay_ptr,
                                       num_pairs // self.source.top_k)
-        self.kernel(*src, *plan, num_pairs, expert_offset, num_local, tile_rows, routed_scaling_factor).launch(
-            grid=[1, 1, 1], block=[THREADS, 1, 1], stream=stream, use_pdl=use_pdl)
+        prefetch = (w1, w2, fc1_bytes, fc2_bytes, prefetch_share)
+        self.kernel(*src, *plan, num_pairs, expert_offset, num_local, tile_rows, routed_scaling_factor,
+                    *prefetch).launch(grid=[1 + prefetch_ctas, 1, 1], block=[THREADS, 1, 1], stream=stream,
+                                      use_pdl=use_pdl)
 
     @cute.kernel
     def kernel(self, src: cute.Tensor, bias: cute.Tensor, topk_ids: cute.Tensor, topk_weights: cute.Tensor,
                replay: cute.Tensor, expert_counts: cute.Tensor, expert_offsets: cute.Tensor, e2p: cute.Tensor,
                p2e: cute.Tensor, tile_info: cute.Tensor, counters: cute.Tensor, num_pairs: Int32,
-               expert_offset: Int32, num_local: Int32, tile_rows: Int32, routed_scaling_factor: Float32):
+               expert_offset: Int32, num_local: Int32, tile_rows: Int32, routed_scaling_factor: Float32,
+               w1: Int64, w2: Int64, fc1_bytes: Int64, fc2_bytes: Int64, prefetch_share: Int32):
         cute.arch.griddepcontrol_wait()  # the routed ids (a no-op without a programmatic launch)
         cute.arch.griddepcontrol_launch_dependents()  # FC1 waits for this grid at its own start
         tid = cute.arch.thread_idx()[0]
+        cta = cute.arch.block_idx()[0]
+        ctas = cute.arch.grid_dim()[0]
         smem = cutlass.memory.SmemAllocator()
         s_ids = smem.allocate_tensor(Int32, cute.make_layout(SINGLE_CTA_MAX_PAIRS), 16)
         s_count = smem.allocate_tensor(Int32, cute.make_layout(MAX_LOCAL_EXPERTS), 16)
@@ -291,37 +304,61 @@ class PlanSingleCta:
         s_scan = smem.allocate_tensor(Int32, cute.make_layout(WARPS), 16)
         s_warp_count = smem.allocate_tensor(
             Int32, cute.make_layout((WARPS, MAX_LOCAL_EXPERTS), stride=(MAX_LOCAL_EXPERTS, 1)), 16)
-        ids = s_ids  # the routed ids the plan reads
+        if cta > 0:
+            # a prefetching CTA: the same ids (recomputed, nothing written), then its units
+            ids_p = self.routed_ids(tid, src, bias, s_ids, num_pairs, False, topk_ids, topk_weights, replay,
+                                    routed_scaling_factor)
+            cute.arch.sync_threads()
+            prefetch_expert_prefixes(cta - 1 + (ctas - 1) * tid, (ctas - 1) * THREADS, ids_p, num_pairs,
+                                     expert_offset, num_local, w1, w2, fc1_bytes, fc2_bytes, prefetch_share)
+        else:
+            ids = self.routed_ids(tid, src, bias, s_ids, num_pairs, True, topk_ids, topk_weights, replay,
+                                  routed_scaling_factor)
+            _zero(tid, s_count, MAX_LOCAL_EXPERTS)
+            _zero_warp_counts(tid, s_warp_count, num_local)
+            cute.arch.sync_threads()
+            first = _first_id(tid, Int32(0), num_pairs, ids)
+            _count_pairs(tid, Int32(0), num_pairs, ids, expert_offset, num_local, s_count)
+            cute.arch.sync_threads()
+            count = Int32(0)
+            if tid < num_local:
+                count = s_count[tid]
+            cute.arch.sync_threads()
+            _write_layout(tid, count, num_local, tile_rows, s_offset, s_tile_start, s_tiles, s_count, s_scan,
+                          expert_counts, expert_offsets, p2e, tile_info, counters)
+            _scatter_ranked(tid, Int32(0), num_pairs, first, ids, expert_offset, num_local, s_offset,
+                            s_warp_count, e2p, p2e)
+
+    @cute.jit
+    def routed_ids(self, tid: Int32, src: cute.Tensor, bias: cute.Tensor, s_ids: cute.Tensor, num_pairs: Int32,
+                   store: cutlass.Constexpr, topk_ids: cute.Tensor, topk_weights: cute.Tensor, replay: cute.Tensor,
+                   routed_scaling_factor: Float32) -> cute.Tensor:
+        """The routed ids the plan reads: ``src`` itself (ids), or ``s_ids`` filled from the
+        packed pairs or the routing (visible after the caller's next barrier). ``store``: also
+        write the unpacked or routed ids, weights and replay ids (the plan's CTA only)."""
+        ids = s_ids
         if cutlass.const_expr(self.source == "ids"):
             ids = src  # any number of pairs (build_plan may force one CTA past SINGLE_CTA_MAX_PAIRS)
         elif cutlass.const_expr(self.source == "packed"):
             for p in cutlass.range(tid, num_pairs, THREADS, unroll=SINGLE_CTA_MAX_PAIRS // THREADS):
                 expert, weight_bits = unpack_pair(src[p])
-                topk_ids[p] = expert
-                topk_weights[p] = weight_bits
+                if cutlass.const_expr(store):
+                    topk_ids[p] = expert
+                    topk_weights[p] = weight_bits
                 s_ids[p] = expert
         else:
             lane = tid % 32
             k = self.source.top_k
             for t in cutlass.range(tid // 32, num_pairs // k, WARPS):
-                expert = self.source.route_token(src, bias, topk_ids, topk_weights, replay, t, lane,
-                                                 routed_scaling_factor)
+                expert = Int32(-1)
+                if cutlass.const_expr(store):
+                    expert = self.source.route_token(src, bias, topk_ids, topk_weights, replay, t, lane,
+                                                     routed_scaling_factor)
+                else:
+                    expert = self.source.selected_expert(src, bias, t, lane)
                 if lane < k:
                     s_ids[t * k + lane] = expert
-        _zero(tid, s_count, MAX_LOCAL_EXPERTS)
-        _zero_warp_counts(tid, s_warp_count, num_local)
-        cute.arch.sync_threads()
-        first = _first_id(tid, Int32(0), num_pairs, ids)
-        _count_pairs(tid, Int32(0), num_pairs, ids, expert_offset, num_local, s_count)
-        cute.arch.sync_threads()
-        count = Int32(0)
-        if tid < num_local:
-            count = s_count[tid]
-        cute.arch.sync_threads()
-        _write_layout(tid, count, num_local, tile_rows, s_offset, s_tile_start, s_tiles, s_count, s_scan,
-                      expert_counts, expert_offsets, p2e, tile_info, counters)
-        _scatter_ranked(tid, Int32(0), num_pairs, first, ids, expert_offset, num_local, s_offset,
-                        s_warp_count, e2p, p2e)
+        return ids
 
 
 class PlanCountChunks:
@@ -441,7 +478,7 @@ def single_cta_example_args(source="ids"):
 
         src, bias, _, weights, _ = route_example_args(source.logits_f32, source.bias_dtype)[:5]
     return (src, bias, _i32(), weights, runtime.fake_ptr(torch.int16, 2), _i32(), _i32(), _i32(), _i32(), _i32(),
-            _i32(), 1, 0, 1, 1, 1, 1, 1.0, 0, runtime.fake_stream())
+            _i32(), 1, 0, 1, 1, 1, 1, 1.0, 0, 0, 16, 16, 0, 0, 0, runtime.fake_stream())
 
 
 def count_example_args():

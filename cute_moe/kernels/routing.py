@@ -156,13 +156,7 @@ class RouteTopk:
         """Token ``t`` on one warp: lane ``j < top_k`` writes slot ``j`` (id, bf16 weight, replay
         id) and returns its expert id (the other lanes return -1). The fused route + plan kernel
         (kernels/plan.py) calls this too."""
-        x = self._load_logits(logits, t, lane)
-        if cutlass.const_expr(self.method == M.Llama4):
-            sel_idx, sel_val = self._llama4_top1(x, lane)
-        else:
-            keys = self._selection_keys(x, bias, lane)
-            sel_idx, sel_key = self._top_k(keys, lane)
-            sel_val = _key_value(sel_key)
+        sel_idx, sel_val = self._select(logits, bias, t, lane)
         w = self._weight(sel_idx, sel_val, logits, t, lane, routed_scaling_factor)
         expert = Int32(-1)
         if lane < self.top_k:
@@ -173,6 +167,25 @@ class RouteTopk:
                 replay[out] = sel_idx.to(cutlass.Int16)
             expert = sel_idx
         return expert
+
+    @cute.jit
+    def selected_expert(self, logits: cute.Tensor, bias: cute.Tensor, t: Int32, lane: Int32) -> Int32:
+        """Token ``t``'s expert of slot ``lane`` (-1 for lanes past ``top_k``), nothing written: the
+        same selection as ``route_token`` for a kernel that only needs to know the experts."""
+        sel_idx, _ = self._select(logits, bias, t, lane)
+        return sel_idx if lane < self.top_k else Int32(-1)
+
+    @cute.jit
+    def _select(self, logits: cute.Tensor, bias: cute.Tensor, t: Int32, lane: Int32):
+        """(expert, ranked value) of slot ``lane`` of token ``t`` (lanes past ``top_k``: unused)."""
+        x = self._load_logits(logits, t, lane)
+        if cutlass.const_expr(self.method == M.Llama4):
+            sel_idx, sel_val = self._llama4_top1(x, lane)
+        else:
+            keys = self._selection_keys(x, bias, lane)
+            sel_idx, sel_key = self._top_k(keys, lane)
+            sel_val = _key_value(sel_key)
+        return sel_idx, sel_val
 
     def tensors(self, logits_ptr: cute.Pointer, bias_ptr: cute.Pointer, ids_ptr: cute.Pointer,
                 weights_ptr: cute.Pointer, replay_ptr: cute.Pointer, num_tokens: Int32):
