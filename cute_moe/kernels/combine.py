@@ -55,16 +55,21 @@ class CombineRows:
     @cute.kernel
     def kernel(self, rows: cute.Tensor, weights: cute.Tensor, perm: cute.Tensor, out: cute.Tensor,
                hidden_vecs: Int32):
-        cute.arch.griddepcontrol_wait()  # FC2's rows (a no-op without a programmatic launch)
         t = cute.arch.block_idx()[0]
         v = cute.arch.block_idx()[1] * THREADS + cute.arch.thread_idx()[0]
+        # The permutation and the weights come from the plan (or before it), complete before FC2
+        # could launch this grid (FC1 waited for the plan before it let FC2 launch): read them
+        # while FC2 runs, so that after the wait only the rows' round trip is left.
+        slot_rows = [perm[t * self.top_k + j] for j in range(self.top_k)]
+        slot_weights = [weights[t * self.top_k + j].to(Float32) for j in range(self.top_k)]
+        cute.arch.griddepcontrol_wait()  # FC2's rows (a no-op without a programmatic launch)
         if v < hidden_vecs:
             acc = cute.make_rmem_tensor((VEC,), Float32)
             acc.fill(0.0)
             for j in cutlass.range_constexpr(self.top_k):
-                row = perm[t * self.top_k + j]
+                row = slot_rows[j]
                 if row >= 0:
-                    w = weights[t * self.top_k + j].to(Float32)
+                    w = slot_weights[j]
                     x = cute.make_rmem_tensor((VEC,), cutlass.BFloat16)
                     cute.autovec_copy(rows[row, v, None], x)
                     xf = x.load().to(Float32)
