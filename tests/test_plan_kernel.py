@@ -95,6 +95,12 @@ CASES = [
     (1, 8, 256, 0, 256, 64),
     (1, 1, 8, 2, 4, 8),
     (7, 4, 64, 16, 32, 16),
+    # decode-sized plans (at most 32 pairs)
+    (4, 8, 16, 0, 16, 8),  # 32 pairs on 16 experts: several rows per expert
+    (32, 1, 8, 0, 8, 4),  # several tiles per expert
+    (3, 8, 512, 0, 512, 192),  # the most local experts, long padding
+    (5, 6, 40, 10, 20, 16),  # non-local experts
+    (2, 8, 64, 3, 1, 8),  # one local expert
     (128, 8, 256, 0, 256, 128),
     (300, 8, 256, 64, 64, 8),  # non-local experts
     (1000, 6, 64, 0, 512, 16),  # more local slots than experts: many empty
@@ -124,7 +130,7 @@ def test_single_cta_and_chunked_agree(t, k, seeded):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("t", [1, 100, 65536])
+@pytest.mark.parametrize("t", [1, 4, 100, 65536])
 def test_one_hot_expert(t, seeded):
     """Every token's first slot on the same expert (one expert gets T rows, many tiles)."""
     k, e = 8, 256
@@ -137,8 +143,9 @@ def test_one_hot_expert(t, seeded):
 
 
 @pytest.mark.gpu
-def test_all_pairs_non_local(seeded):
-    ids = _random_ids(500, 4, 64, seeded)  # experts 0..63, local range 64..127
+@pytest.mark.parametrize("t", [500, 4])
+def test_all_pairs_non_local(t, seeded):
+    ids = _random_ids(t, 4, 64, seeded)  # experts 0..63, local range 64..127
     plan = _run(ids, 4, 64, 64, 32)
     assert plan.counters.cpu().tolist() == [0, 0, 0, 0]
     assert bool((plan.expanded_idx_to_permuted_idx == -1).all())
@@ -179,7 +186,7 @@ def _folded_plan(source, src, bias, t, k, offset, num_local, tile_rows, scale=1.
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("t,offset,num_local", [(1, 0, 256), (5, 64, 64), (16, 0, 256)])
+@pytest.mark.parametrize("t,offset,num_local", [(1, 0, 256), (4, 32, 64), (5, 64, 64), (16, 0, 256)])
 def test_plan_with_unpacking_folded_in(t, offset, num_local, seeded):
     """Packed pairs in: the ids and weight bits of the unpack kernel, the plan of those ids."""
     from cute_moe.kernels.topk_pack import pack_topk, unpack_topk
@@ -203,7 +210,7 @@ def test_plan_with_unpacking_folded_in(t, offset, num_local, seeded):
     ("Llama4", 128, 1, {}),
     ("Default", 72, 4, {}),
 ])
-@pytest.mark.parametrize("t", [1, 16])
+@pytest.mark.parametrize("t", [1, 4, 16])
 def test_plan_with_routing_folded_in(method, e, k, kw, t, seeded):
     """Logits in: the ids, weights and replay ids of the routing kernel (bitwise), the plan of
     those ids."""
