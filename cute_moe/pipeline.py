@@ -16,7 +16,7 @@ the launches on plain addresses.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -29,7 +29,7 @@ from .activation_quant import launch_quantize
 from .kernels.gemm_config import FP4_SCALE_ALIGN, INT4_SCALE_ALIGN, GemmConfig
 from .kernels.topk_pack import launch_unpack_topk
 from .plan import PlanShape
-from .routing import PlanFront, PlanPointers, launch_combine, launch_plan, launch_route, plan_prefetch
+from .routing import PlanFront, PlanPointers, PlanPrefetch, launch_combine, launch_plan, launch_route
 from .select import ENV_VARIANT
 
 
@@ -195,7 +195,7 @@ class CallRecipe:
     unpack: Optional[Callable]  # PackedPrecomputed: the unpacking kernel
     plan_kernels: List[Callable]
     plan_routes: bool  # the one-CTA plan folds in the routing or the unpacking (route / unpack: None)
-    plan_prefetches: bool  # the one-CTA plan moves the routed experts' first weight bytes into L2
+    plan_prefetch: Optional[PlanPrefetch]  # L2 prefetch of the one-CTA plan, weight addresses 0 (set per call)
     fc1: Callable
     fc2: Callable
     combine: Optional[Callable]  # do_finalize only
@@ -273,12 +273,13 @@ class CallRecipe:
         scale = 1.0 if call.routed_scaling_factor is None else float(call.routed_scaling_factor)
         # decode (programmatic launches): DRAM idles while the plan runs; the prefix order of
         # prefetch holds for weights stored k-block major (bf16, MXINT4), not for b12x's rows
-        prefetches = (config.pdl and kind in ("bf16", "mxint4") and plan_is_single_cta(shape)
-                      and plan_prefetch(shape, 0, 0, call.weights.gemm1.nbytes // local,
-                                        call.weights.gemm2.nbytes // local) is not None)
+        prefetch = None
+        if config.pdl and kind in ("bf16", "mxint4") and plan_is_single_cta(shape):
+            prefetch = plan_prefetch(shape, 0, 0, call.weights.gemm1.nbytes // local,
+                                     call.weights.gemm2.nbytes // local)
         return cls(device.index if device.index is not None else torch.cuda.current_device(), config, shape, route,
                    quantize, block_scaled, unpack, plan_kernels(arch, plan_is_single_cta(shape), source),
-                   source != "ids", prefetches, fc1, fc2, combine,
+                   source != "ids", prefetch, fc1, fc2, combine,
                    _num_ctas(config, config.fc1, device, tiles, m), _num_ctas(config, config.fc2, device, tiles, h),
                    m, scale, layout)
 
@@ -376,10 +377,7 @@ def run_moe(call: MoeCall) -> List[torch.Tensor]:
     # before: each kernel launches while its predecessor runs and waits for it at its start (the
     # first kernel of the call, a plan that routes itself, launches plainly)
     pdl = recipe.config.pdl
-    prefetch = None
-    if recipe.plan_prefetches:
-        local = shape.local_num_experts
-        prefetch = plan_prefetch(shape, w1, w2, w.gemm1.nbytes // local, w.gemm2.nbytes // local)
+    prefetch = replace(recipe.plan_prefetch, w1=w1, w2=w2) if recipe.plan_prefetch is not None else None
     launch_plan(recipe.plan_kernels, shape, int(call.local_expert_offset), ids, plan, buf("plan_workspace"), stream,
                 pdl and front is None, front, prefetch)
     if replay is not None and call.mode != RoutingInputMode.FromLogits:

@@ -310,6 +310,9 @@ class PlanPrefetch:
     ctas: int
 
 
+NO_PREFETCH = PlanPrefetch(0, 0, 0, 0, 0, 0)  # no extra CTAs (the plan's CTA reads none of it)
+
+
 # A decode call's plan runs ~4.4 us before FC1 streams (H100, qwen3-30b-a3b T=1), DRAM idle:
 # PREFETCH_CTAS more CTAs of the plan's launch move PREFETCH_BUDGET bytes of the routed experts'
 # weights into L2 meanwhile. Measured (one H100, A/B in one session): qwen3-30b-a3b T=1 -1.1 us
@@ -351,7 +354,7 @@ def launch_plan(kernels: List, shape: PlanShape, local_expert_offset: int, topk_
                          f"{kplan.SINGLE_CTA_MAX_PAIRS} pairs, got {n} pairs on {len(kernels)} kernels")
     if len(kernels) == 1:
         f = front or PlanFront(topk_ids, topk_ids, topk_ids, topk_ids)
-        pf = prefetch or PlanPrefetch(0, 0, 16, 16, 0, 0)
+        pf = prefetch or NO_PREFETCH
         kernels[0](f.src, f.bias, topk_ids, f.weights, f.replay, plan.counts, plan.offsets, plan.e2p, plan.p2e,
                    plan.tiles, plan.counters, n, local_expert_offset, num_local, tr, max_rows, max_tiles, f.scale,
                    pf.w1, pf.w2, pf.fc1_bytes, pf.fc2_bytes, pf.share, pf.ctas, int(use_pdl), stream)

@@ -143,8 +143,9 @@ BN_BY_ROWS: Dict[str, Tuple[Tuple[float, int], ...]] = {
     "dynamic": ((4.0, 8), (16.0, 32), (32.0, 64), (float("inf"), 128)),
 }
 # wgmma: 256x64 up to 64 rows (H200: it wins at 32 rows, ties 256x128 at 128), and above that
-# 192-row token tiles (256x192: a third less operand traffic per FLOP than 256x128). An expert's last tile runs the narrowest wgmma (64, 128 or 192 token rows)
-# that covers its rows (grouped_gemm_sm90.py), so a wide tile no longer pays for its padding: at
+# 192-row token tiles (256x192: 22% less operand traffic per FLOP than 256x128). An expert's
+# last tile runs the narrowest wgmma (64, 128 or 192 token rows) that covers its rows
+# (grouped_gemm_sm90.py), so a wide tile no longer pays for its padding: at
 # the preset routing of cute-moe-bench (uneven: deepseek-v3 T=4096 has experts of 0 to 1544
 # rows), FC1 + FC2 on one H100 (us, tools/bench_gemm.py --routing preset; 256x128 s4/s3 against
 # 256x192 s3/s3, both with the narrow tails):

@@ -274,8 +274,7 @@ class PlanSingleCta:
                              e2p_ptr, p2e_ptr, tile_info_ptr, counters_ptr)
         pairs = cute.make_layout(num_pairs)
         if cutlass.const_expr(self.source in ("ids", "packed")):
-            src = (cute.make_tensor(src_ptr, pairs), cute.make_tensor(bias_ptr, pairs), cute.make_tensor(ids_ptr, pairs),
-                   cute.make_tensor(weights_ptr, pairs), cute.make_tensor(replay_ptr, pairs))
+            src = tuple(cute.make_tensor(ptr, pairs) for ptr in (src_ptr, bias_ptr, ids_ptr, weights_ptr, replay_ptr))
         else:
             src = self.source.tensors(src_ptr, bias_ptr, ids_ptr, weights_ptr, replay_ptr,
                                       num_pairs // self.source.top_k)
