@@ -97,6 +97,16 @@ _INT4_VARIANT_BY_ROWS: Tuple[Tuple[float, str], ...] = (
 #   64 (T=512)   kimi-k2, 64 experts     -        2157.7   1745.9   2606.7
 #   256 (T=4096) qwen3-30b-a3b mxint4    -        1528.8   953.6    1414.5
 #   512 (T=4096) kimi-k2, 64 experts     -        12904.9  6964.2   10155.1
+#
+# With A fed from registers (128-row and narrower tiles), same H100 session (us):
+#
+#   rows/expert  shape                   micro    static   wgmma (before)
+#   8 (T=128)    qwen3-30b-a3b mxint4    186.5    223.3    214.2 (258.6)
+#   16 (T=256)   qwen3-30b-a3b mxint4    220.5    213.3    225.4 (265.1)
+#   16 (T=128)   kimi-k2, 64 experts     922.6    827.8    815.7 (1010.0)
+#   32 (T=256)   kimi-k2, 64 experts     1534.0   1619.4   1056.0 (1254.5)
+#
+# At 16 rows wgmma and static now tie (-1.5% and +5.7%); the bounds stay.
 _SM90_INT4_VARIANT_BY_ROWS: Tuple[Tuple[float, str], ...] = (
     (8.0, "micro"),
     (16.0, "static"),
@@ -171,6 +181,26 @@ BN_BY_ROWS: Dict[str, Tuple[Tuple[float, int], ...]] = {
 # H100, Kimi-K2 (64 experts) T=4096 (512 rows) 6389 -> 5676 us, T=16384 24488 -> 21242,
 # qwen3-30b-a3b mxint4 T=16384 (1024 rows) 3074 -> 2787.
 BN_BY_ROWS["wgmma"] = ((64.0, 64), (192.0, 192), (384.0, 128), (float("inf"), 192))
+# MXINT4 on wgmma: tiles up to 128 token rows feed the dequantized weights to the wgmma from
+# registers (grouped_gemm_sm90.py), 192-row tiles through shared memory. End to end on one H100
+# (us, cute-moe-bench --weights mxint4; columns from one session each, rows 128 and 192 from a
+# third):
+#
+#   rows/expert    shape                   64 shared  64 regs  128 shared  128 regs  192 shared
+#   32 (T=512)     qwen3-30b-a3b mxint4    276.8      236.5
+#   64 (T=512)     kimi-k2, 64 experts     1714.5     1472.1
+#   128 (T=2048)   qwen3-30b-a3b mxint4                                    442.8     449.2
+#   128 (T=1024)   kimi-k2, 64 experts                                     1929.5    1965.4
+#   192 (T=1536)   kimi-k2, 64 experts                                     2732.2    2612.7
+#   256 (T=4096)   qwen3-30b-a3b mxint4                        825.5       731.4
+#   512 (T=4096)   kimi-k2, 64 experts                         6339.1      5778.4    5637.6
+#   1024 (T=16384) qwen3-30b-a3b mxint4                        3025.5      2801.4    2739.6
+#   2048 (T=16384) kimi-k2, 64 experts                         23902.1     21813.6   21097.7
+#
+# The register feed gains 8-15% at equal width; a full 192-row tile through shared memory still
+# wins by 2-4% where it holds an expert's rows in one tile (192 rows) and on the largest experts
+# (its dequantized k-block serves 1.5x the token rows).
+INT4_WGMMA_BN_BY_ROWS = ((64.0, 64), (128.0, 128), (192.0, 192), (384.0, 128), (float("inf"), 192))
 
 
 def _t(bm, bn, wm, wn, stages, mma="warp") -> TileConfig:
@@ -272,7 +302,7 @@ def select_config(*, num_tokens: int, top_k: int, hidden_size: int, intermediate
     chosen = forced_variant(variant) or _first(table, rows)
     if chosen == "wgmma" and not wgmma_runs(arch, weight_kind):
         raise ValueError(f"variant 'wgmma' runs bf16 or mxint4 weights on sm_90a, got {weight_kind} weights on {arch}")
-    bn = _first(BN_BY_ROWS[chosen], rows)
+    bn = _first(INT4_WGMMA_BN_BY_ROWS if (chosen, weight_kind) == ("wgmma", "mxint4") else BN_BY_ROWS[chosen], rows)
     tiles = _SM120_FP4_TILES if (arch, weight_kind) == ("sm_120a", "nvfp4") else TILES[arch]
     fc1, fc2, ctas, pdl = tiles[(chosen, bn)]
     return GemmConfig(chosen, fc1, fc2, ctas, pdl)

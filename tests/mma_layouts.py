@@ -7,6 +7,8 @@ load and store with.
 * ``python mma_layouts.py bf16``: the m16n8k16 bf16 MMA of every arch (``MmaF16BF16Op``): A, B, C;
 * ``python mma_layouts.py wgmma`` (``CUTE_DSL_ARCH=sm_90a``): the weight rows each MMA warpgroup of
   the SM90 instantiation's tiled wgmma reads from shared memory, per (warpgroups, bm);
+* ``python mma_layouts.py wgmma_a`` (``CUTE_DSL_ARCH=sm_90a``): per (warpgroups, bm) and MMA thread, the
+  (row, k) of each value of the register-fed tiled wgmma's A fragment, in its flat value order;
 * ``python mma_layouts.py wgmma_c`` (``CUTE_DSL_ARCH=sm_90a``): per (warpgroups, bm, bn) and MMA
   thread, the (row, token) of each accumulator value ``((c, h, v), rep, col)``, in that index order.
 """
@@ -62,6 +64,18 @@ def describe_wgmma():
 
 
 @cute.jit
+def describe_wgmma_a():
+    import cutlass.utils.hopper_helpers as sm90_utils
+
+    for warpgroups, bm in ((2, 256), (2, 128), (1, 128), (1, 64)):
+        tiled = sm90_utils.make_trivial_tiled_mma(
+            cutlass.BFloat16, cutlass.BFloat16, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
+            cutlass.Float32, (warpgroups, 1, 1), tiler_mn=(64, 64), a_source=cute.nvgpu.warpgroup.OperandSource.RMEM)
+        parts = [tiled.get_slice(t).partition_A(cute.make_identity_tensor((bm, 64))) for t in range(128 * warpgroups)]
+        TABLES[f"{warpgroups}x{bm}"] = [[list(part[i]) for i in range(cute.size(part))] for part in parts]
+
+
+@cute.jit
 def describe_wgmma_c():
     import cutlass.utils.hopper_helpers as sm90_utils
 
@@ -78,5 +92,6 @@ def describe_wgmma_c():
 
 
 if __name__ == "__main__":
-    {"fp4": describe_fp4, "bf16": describe_bf16, "wgmma": describe_wgmma, "wgmma_c": describe_wgmma_c}[sys.argv[1]]()
+    {"fp4": describe_fp4, "bf16": describe_bf16, "wgmma": describe_wgmma, "wgmma_a": describe_wgmma_a,
+     "wgmma_c": describe_wgmma_c}[sys.argv[1]]()
     print(json.dumps(TABLES))

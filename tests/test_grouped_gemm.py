@@ -11,6 +11,7 @@ is written, padding rows are not; CUDA graph replay with a new routing.
 from __future__ import annotations
 
 import dataclasses
+import re
 import struct
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -21,10 +22,11 @@ import torch.nn.functional as F
 
 from cute_moe.enums import ActivationType
 from cute_moe.kernels import runtime
-from cute_moe.kernels.gemm_config import SMEM_LIMIT, WGMMA_INT4_A_SLOTS, GemmConfig, TileConfig
+from cute_moe.kernels.gemm_config import SMEM_LIMIT, WGMMA_INT4_A_SLOTS, WGMMA_INT4_REGISTER_BN, GemmConfig, \
+    TileConfig
 from cute_moe.kernels.grouped_gemm import GroupedGemm, example_args
 from cute_moe.kernels.grouped_gemm_sm90 import WgmmaGroupedGemm
-from cute_moe.select import BN_BY_ROWS, ENV_VARIANT, TILES, select_config
+from cute_moe.select import BN_BY_ROWS, ENV_VARIANT, INT4_WGMMA_BN_BY_ROWS, TILES, select_config
 
 REL_BOUND = 1e-2
 SWIGLU, RELU2 = int(ActivationType.Swiglu), int(ActivationType.Relu2)
@@ -162,6 +164,11 @@ WGMMA_VARIANTS = [
         has_clamp=True, weight_format="mxint4")),
     ("wgmma_int4_fc1_128x64_relu2", lambda: WgmmaGroupedGemm("fc1", TileConfig(128, 64, 8, 1, 4, "wgmma"),
                                                              "persistent", activation=RELU2, weight_format="mxint4")),
+    ("wgmma_int4_fc2_256x128", lambda: WgmmaGroupedGemm("fc2", TileConfig(256, 128, 8, 1, 3, "wgmma"), "persistent",
+                                                        weight_format="mxint4")),
+    # one MMA warpgroup of 128 rows (two m-repeats), two CTAs per SM
+    ("wgmma_int4_fc1_128x128_1wg_swiglu", lambda: WgmmaGroupedGemm("fc1", TileConfig(128, 128, 4, 1, 3, "wgmma"),
+                                                                  "persistent", weight_format="mxint4")),
     ("wgmma_int4_fc2_256x64", lambda: WgmmaGroupedGemm("fc2", TileConfig(256, 64, 8, 1, 4, "wgmma"), "persistent",
                                                        weight_format="mxint4")),
     # MXINT4 with 192-row token tiles: 12 gathered rows per producer thread next to the scales
@@ -196,7 +203,9 @@ def test_wgmma_variant_compiles_for_sm90(name, make):
     # the scales, the dequantized k-block stored by the MMA warpgroups and synced on a warpgroup's
     # named barrier
     needles = [n.replace(".4d.", ".5d.") for n in WGMMA_PTX_NEEDLES] + \
-        ["cp.async.ca.shared.global", "lop3.b32", "st.shared.v4", ", 128;"] if kernel.packed else WGMMA_PTX_NEEDLES
+        ["cp.async.ca.shared.global", "lop3.b32"] if kernel.packed else WGMMA_PTX_NEEDLES
+    if kernel.packed and not kernel.register_a:
+        needles = needles + ["st.shared.v4"]
     needles = [n.format(mma=kernel.mma_regs, producer=kernel.producer_regs) for n in needles]
     needles = needles + (BULK_STORE_NEEDLES if kernel.bulk_store else ["st.global.v4"])
     needles = needles + (TMA_ROWS_NEEDLES if kernel.tma_tokens else []) + (
@@ -209,6 +218,15 @@ def test_wgmma_variant_compiles_for_sm90(name, make):
         assert needle in ptx, f"{name}: '{needle}' missing from the PTX"
     assert ("cp.async.bulk.global" in ptx) == kernel.bulk_store, name
     assert "mma.sync" not in ptx and ".local" not in ptx
+    # MXINT4 with bn <= 128: every wgmma takes A from four registers (the dequantized values), and
+    # no warpgroup stores them to shared memory or syncs on them
+    a_operands = set(re.findall(r"wgmma\.mma_async[^{]*\{[^}]*\}, (\{|%rd)", ptx))
+    assert a_operands == ({"{"} if kernel.register_a else {"%rd"}), (name, a_operands)
+    assert kernel.register_a == (kernel.packed and kernel.bn <= WGMMA_INT4_REGISTER_BN)
+    dequant_syncs = re.findall(r"bar\.sync\s+%r\d+, 128;", ptx)  # barrier DEQUANT_BARRIER + warpgroup
+    assert bool(dequant_syncs) == (kernel.packed and not kernel.register_a), name
+    if kernel.register_a:
+        assert "st.shared.v4" not in ptx, name
     res = cubin_resources(compiled.artifacts.CUBIN)
     assert res["frame"] <= STACK_BUDGET_BYTES, f"{name}: {res['frame']} bytes of stack (spills)"
     assert res["regs"] <= 168  # 384 threads on one SM before setmaxnreg redistributes
@@ -253,6 +271,32 @@ def test_wgmma_int4_dequantizes_the_rows_each_warpgroup_reads():
         warpgroups, bm = map(int, name.split("x"))
         for wg, rows in enumerate(per_warpgroup):
             assert rows == sorted(warpgroup_row(wg, i, warpgroups) for i in range(bm // warpgroups)), (name, wg)
+
+
+def test_wgmma_register_a_fragments_match_the_instruction_layout():
+    """MXINT4 with A from registers: the value each MMA thread dequantizes into 32-bit register
+    ``register_a_word(h, k8, rep, step)`` (row ``register_a_row``, k ``16 step + 2t + 8 k8`` and
+    ``+ 1`` with ``t = lane % 4``) is the (row, k) the DSL's register-fed tiled wgmma reads there."""
+    from cute_moe.kernels.grouped_gemm_sm90 import register_a_row, register_a_word
+
+    tables = mma_layout_tables("wgmma_a", "sm_90a")
+    assert len(tables) == 4
+    for name, threads in tables.items():
+        warpgroups, bm = map(int, name.split("x"))
+        assert len(threads) == 128 * warpgroups
+        for tid, values in enumerate(threads):
+            wg, tl = divmod(tid, 128)
+            reps = bm // (64 * warpgroups)
+            assert len(values) == 8 * reps * 4
+            for rep in range(reps):
+                for step in range(4):
+                    for k8 in range(2):
+                        for h in range(2):
+                            word = register_a_word(h, k8, rep, step, reps)
+                            row = register_a_row(wg, tl, rep, h, warpgroups)
+                            k = 16 * step + 2 * (tl % 4) + 8 * k8
+                            assert values[2 * word] == [row, k] and values[2 * word + 1] == [row, k + 1], \
+                                (name, tid, rep, step, k8, h)
 
 
 @pytest.mark.parametrize("tile_rows", [16, 128])
@@ -454,12 +498,13 @@ def test_selector_follows_routed_rows_per_expert(monkeypatch):
         previous = c.tile_rows
         assert c.fc1.bn == c.fc2.bn == c.tile_rows
     # SM90 above 4 rows per expert: wgmma; above 64 rows the measured token tile (select.py): 192
-    # rows except at about 256 rows per expert (two tiles of 128), bf16 and MXINT4 alike
+    # rows except at about 256 rows per expert (two tiles of 128); MXINT4 takes the 128-row tiles
+    # (A from registers) up to 384 rows
     for t, variant in ((64, "micro"), (65, "wgmma"), (512, "wgmma")):
         assert select_config(num_tokens=t, **kw).variant == variant, t
-    for t, bn in ((2048, 192), (4096, 128), (8192, 192), (16384, 192)):
+    for t, bn, int4_bn in ((2048, 192, 128), (4096, 128, 128), (8192, 192, 192), (16384, 192, 192)):
         assert select_config(num_tokens=t, **kw).tile_rows == bn, t
-        assert select_config(num_tokens=t, weight_kind="mxint4", **kw).tile_rows == bn, t
+        assert select_config(num_tokens=t, weight_kind="mxint4", **kw).tile_rows == int4_bn, t
 
 
 def test_selector_forced_variant(monkeypatch):
@@ -482,7 +527,7 @@ def test_every_table_tile_fits_its_arch(arch):
         assert fc1.bn == fc2.bn == bn
         assert fc1.fits(arch) and fc2.fits(arch), f"{variant} bn={bn} does not fit {arch}"
         # every tile the selector can choose for 4-bit weights fits them
-        if bn in {b for _, b in BN_BY_ROWS[variant]}:
+        if bn in {b for _, b in BN_BY_ROWS[variant] + (INT4_WGMMA_BN_BY_ROWS if variant == "wgmma" else ())}:
             assert fc1.fits(arch, int4=True) and fc2.fits(arch, int4=True), f"{variant} bn={bn} int4 exceeds {arch}"
         assert GemmConfig(variant, fc1, fc2, ctas, pdl).tile_rows == bn
 
@@ -617,6 +662,13 @@ CASES = [
       for shape, t in (("gptoss", 700), ("tiny", 300)) for a, c in (
           ((256, 128, 8, 1, 3), 1), ((256, 128, 8, 1, 4), 1), ((64, 128, 4, 1, 3), 2), ((256, 64, 8, 1, 5), 1),
           ((128, 128, 4, 1, 3), 1), ((256, 192, 8, 1, 3), 1))],
+    # MXINT4 on wgmma: A from registers (bn <= 128: one or two m-repeats per warpgroup, one
+    # warpgroup of 128 rows) and from the shared-memory slots (bn = 192); a hot expert
+    *[Case("qwen3", 32, 4, t, int4=True, routing=r,
+           tile=("wgmma", TileConfig(*a, mma="wgmma"), TileConfig(*a, mma="wgmma"), c))
+      for t, r in ((700, "uniform"), (300, "hot"))
+      for a, c in (((256, 128, 8, 1, 4), 1), ((256, 128, 8, 1, 3), 1), ((128, 128, 4, 1, 3), 2),
+                   ((128, 64, 8, 1, 4), 1), ((256, 64, 8, 1, 5), 1), ((256, 192, 8, 1, 3), 1))],
 ]
 
 _WEIGHTS = {}

@@ -75,11 +75,13 @@ def main() -> int:
     q2, s2 = quantize_mxint4(v2)
     m1, m1s, m2, m2s = prepare_mxint4_moe_weights(q1, s1, q2, s2)
     from cute_moe.kernels.topk_pack import pack_topk
-    for t in (3, 300):
+    for t in (3, 300, 1000):
         x = torch.randn(t, hi, device=dev).to(torch.bfloat16)
         ids, weights = cute_moe.route(torch.randn(t, e, device=dev), None, k, RM.Renormalize)
         packed = pack_topk(ids, weights)
-        for variant in ("micro", "static", "dynamic", "wgmma"):  # register, shared-memory, wgmma dequantization
+        # register, shared-memory, wgmma dequantization (wgmma: A from registers at T=3 and 1000,
+        # 64- and 128-row token tiles, from shared memory at T=300, 192-row tiles)
+        for variant in ("micro", "static", "dynamic", "wgmma") if t < 1000 else ("wgmma",):
             cases.append((f"mxint4 T={t} {variant}", lambda x=x, p=packed, v=variant:
                           cute_moe.trtllm_mxint4_block_scale_routed_moe(
                               p, x, m1, m1s, None, None, None, m2, m2s, e, k, None, None, ii, 0, e, None,

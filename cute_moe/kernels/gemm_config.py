@@ -61,6 +61,13 @@ WGMMA_M = 64  # weight rows of one warpgroup's wgmma.mma_async
 WGMMA_EPILOGUE_ROWS = 128
 WGMMA_TAIL_N = 64  # granularity of the narrower wgmma a tile's last token rows take (its ragged tail)
 WGMMA_INT4_A_SLOTS = 2  # dequantized bf16 k-blocks of a wgmma tile with MXINT4 weights
+# MXINT4 wgmma tiles up to this many token rows dequantize into the A registers of a register-fed
+# wgmma: two half k-blocks of A fragments (16 registers each at 128 weight rows per warpgroup: one
+# read by the wgmma group in flight, one being written) next to bn float32 accumulators. At 192
+# ptxas (CUDA 13.0) spills and serializes the wgmmas (C7512) within the 232 registers of an MMA
+# thread, also with quarter k-blocks (8 registers) and without the narrow tails, so wider tiles
+# dequantize into shared memory.
+WGMMA_INT4_REGISTER_BN = 128
 PRODUCER_THREADS = 128
 BARRIER_BYTES = 128  # the ring's mbarriers, after the operand and epilogue buffers
 SHUFFLE_BLOCK = 32  # prepared rows are shuffled inside blocks of 32 (epilogue tile 128)
@@ -174,8 +181,8 @@ class TileConfig:
         """4-bit weights: with one warp along N each weight row is read by exactly one warp, which
         dequantizes it straight into its MMA A fragments (no bf16 slot in shared memory, one
         barrier per ring stage); a wider warp grid dequantizes each k-block once per CTA into
-        shared memory, where every warp of the row reads it (docs/gemm_notes.md, MXINT4). A
-        wgmma tile reads A from shared memory: its MMA warpgroups dequantize there."""
+        shared memory, where every warp of the row reads it (docs/gemm_notes.md, MXINT4). wgmma
+        tiles: :attr:`wgmma_int4_register_a`."""
         return self.warps_n == 1 and self.mma == "warp"
 
     @property
@@ -225,12 +232,20 @@ class TileConfig:
         return max(self.stages * self.stage_bytes, self.epilogue_bytes)
 
     @property
+    def wgmma_int4_register_a(self) -> bool:
+        """A wgmma tile with MXINT4 weights: each MMA warpgroup dequantizes its rows straight into
+        the A registers of a register-fed wgmma (``bn <= WGMMA_INT4_REGISTER_BN``), else into two
+        bf16 A slots in shared memory."""
+        return self.mma == "wgmma" and self.bn <= WGMMA_INT4_REGISTER_BN
+
+    @property
     def wgmma_int4_smem_bytes(self) -> int:
-        """A wgmma tile with MXINT4 weights: the packed-weight, scale and token rings, two bf16
-        A slots the MMA warpgroups dequantize into (one wgmma group stays in flight), the
-        epilogue tile apart."""
+        """A wgmma tile with MXINT4 weights: the packed-weight, scale and token rings, the two
+        bf16 A slots the MMA warpgroups dequantize into where A is not fed from registers (one
+        wgmma group stays in flight), the epilogue tile apart."""
         ring = self.stages * (self.bm * INT4_ROW_BYTES + self.bm * 2 * INT4_SCALES_PER_KB + self.bn * BK * 2)
-        return BARRIER_BYTES + WGMMA_INT4_A_SLOTS * self.bm * BK * 2 + ring + self.epilogue_bytes
+        slots = 0 if self.wgmma_int4_register_a else WGMMA_INT4_A_SLOTS
+        return BARRIER_BYTES + slots * self.bm * BK * 2 + ring + self.epilogue_bytes
 
     def fits(self, arch: str, int4: bool = False) -> bool:
         if self.mma == "wgmma":

@@ -31,10 +31,14 @@ Warp roles (``cta_threads = 128 + 128 * warpgroups``):
 
 MXINT4 weights (``weight_format="mxint4"``): the producer's TMA box is the k-block's packed rows
 (``bm`` rows of 32 bytes: quarter ``kb % 4`` of the 128-byte blocks ``kb // 4``, a 5-D view) into
-a packed ring, its threads cp.async the scale words (``load_scales``) next to the token rows; each
-MMA warpgroup dequantizes its own rows into one of two bf16 A slots in the wgmma layout
-(``dequantize_warpgroup``), fences them for the async proxy and syncs its 128 threads before its
-wgmmas.
+a packed ring, its threads cp.async the scale words (``load_scales``) next to the token rows. Up
+to 128 token rows (``TileConfig.wgmma_int4_register_a``) each MMA thread dequantizes the values
+its wgmma reads straight into A registers, half a k-block (one scale group) at a time, and the
+wgmma takes A from registers (``mainloop_registers``, ``dequantize_registers``): no bf16 copy
+in shared memory, no barrier. Wider tiles do not have the registers for that next to their
+accumulators: each MMA warpgroup dequantizes its own rows into one of two bf16 A slots in the
+wgmma layout (``dequantize_warpgroup``), fences them for the async proxy and syncs its 128
+threads before its wgmmas.
 
 Schedule: persistent CTAs over ``num_tiles * m_blocks`` items (``num_tiles`` read on the device,
 CUDA-graph safe), rastered like the warp-MMA persistent schedule (grouped_gemm.raster), handed out
@@ -57,6 +61,7 @@ from cutlass._mlir.dialects import llvm
 from cutlass.cutlass_dsl import T
 
 from . import gemm_epilogue as epi
+from . import int4_convert
 from .gemm_config import (BK, INT4_BLOCK_K, INT4_ROW_BYTES, INT4_SCALES_PER_KB, PRODUCER_THREADS, SMEM_LIMIT,
                           WGMMA_INT4_A_SLOTS, WGMMA_M, WGMMA_TAIL_N, WGMMA_WEIGHT_KINDS, TileConfig, c_row_stride,
                           out_tile_stride)
@@ -119,6 +124,19 @@ def warpgroup_row(warpgroup, local, warpgroups):
     return (local // WGMMA_M) * (warpgroups * WGMMA_M) + warpgroup * WGMMA_M + local % WGMMA_M
 
 
+def register_a_row(warpgroup, tl, rep, h, warpgroups):
+    """The weight row (of the m-block) whose A values MMA thread ``tl`` of warpgroup ``warpgroup``
+    holds in m-repeat ``rep``, row half ``h``: per warp the m16n8k16 A layout, lane ``4g + t`` of
+    warp ``w`` rows ``16w + g`` and ``16w + g + 8``."""
+    return warpgroup_row(warpgroup, rep * WGMMA_M, warpgroups) + (tl // 32) * 16 + (tl % 32) // 4 + 8 * h
+
+
+def register_a_word(h, k8, rep, step, reps):
+    """The 32-bit register (bf16 pair ``k, k + 1``, ``k = 16 step + 2t + 8 k8``) of row half ``h``
+    in the A fragment ``((2, 2, 2), reps, k-steps)`` of a register-fed wgmma (compact, column-major)."""
+    return h + 2 * k8 + 4 * (rep + reps * step)
+
+
 class WgmmaGroupedGemm(GroupedGemm):
     """``GroupedGemm`` with a TMA + WGMMA warp-specialized mainloop (SM90 only, bf16 or MXINT4
     weights). Same constructor and launch arguments; ``tile.mma`` must be "wgmma"."""
@@ -137,6 +155,10 @@ class WgmmaGroupedGemm(GroupedGemm):
         if self.bn * CHUNKS_PER_ROW % PRODUCER_THREADS:
             raise ValueError(f"wgmma tile: bn = {self.bn} token rows do not split over the producer warpgroup")
         wide = self.warpgroups == 2 and self.b_loads > 8
+        self.register_a = self.packed and tile.wgmma_int4_register_a
+        # A from registers: parts of a k-block that alternate between dequantization and the wgmma
+        # in flight, one 32-value scale group each
+        self.a_parts = INT4_SCALES_PER_KB
         self.producer_regs, self.mma_regs = WIDE_GATHER_SPLIT if wide else REGISTER_SPLIT[self.warpgroups]
         self.min_ctas = CTAS_PER_SM[self.warpgroups]
         if not register_split_fits(self.warpgroups, self.producer_regs, self.mma_regs):
@@ -203,6 +225,7 @@ class WgmmaGroupedGemm(GroupedGemm):
         # MXINT4: two bf16 slots that the MMA warpgroups dequantize into (the same 128-byte swizzle)
         a_slots = WGMMA_INT4_A_SLOTS if cutlass.const_expr(self.packed) else self.stages
         a_layout = sm90_utils.make_smem_layout_a(major, tiler, BFloat16, a_slots)
+        a_elems = 8 if cutlass.const_expr(self.register_a) else cute.cosize(a_layout)  # no A in shared memory
         b_layout = sm90_utils.make_smem_layout_b(major, tiler, BFloat16, self.stages)
         tiled_mma = self.tiled_wgmma(self.bn)
         # The prepared weights [L, K/64, M, 64] as (M, (64, K/64), L): one k-block of an m-block is
@@ -243,7 +266,7 @@ class WgmmaGroupedGemm(GroupedGemm):
 
         @cute.struct
         class Storage:
-            sA: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(a_layout)], SMEM_ALIGN]
+            sA: cute.struct.Align[cute.struct.MemRange[BFloat16, a_elems], SMEM_ALIGN]
             sB: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(b_layout)], SMEM_ALIGN]
             sC: cute.struct.Align[cute.struct.MemRange[Float32, c_floats], 16]
             sQ: cute.struct.Align[cute.struct.MemRange[Uint8, q_bytes], SMEM_ALIGN]  # MXINT4: packed ring
@@ -438,7 +461,12 @@ class WgmmaGroupedGemm(GroupedGemm):
         at this warpgroup's previous ``wait_group(1)``), fences them for the async proxy and
         syncs its own 128 threads."""
         thr_mma = tiled_mma.get_slice(tidx)
-        tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))
+        if cutlass.const_expr(self.register_a):
+            # one k-block of A fragments ((2, 2, 2), m-repeats, k-steps): its parts alternate
+            # between the wgmma group in flight and the dequantization (mainloop_registers)
+            tCrA = cute.make_rmem_tensor(thr_mma.partition_shape_A((self.bm, BK)), BFloat16)
+        else:
+            tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))
         tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sB))
         acc = cute.make_rmem_tensor(thr_mma.partition_shape_C((self.bm, self.bn)), Float32)
         # (bm, bn) view of the epi_bm-row tile: the passes alias one buffer
@@ -466,7 +494,8 @@ class WgmmaGroupedGemm(GroupedGemm):
             expert = tile_info[tile, 0]
             row0 = tile_info[tile, 1]
             nrows = tile_info[tile, 2]
-            acc.fill(0.0)
+            if cutlass.const_expr(not self.register_a):
+                acc.fill(0.0)
             # the narrowest wgmma that covers the tile's rows: widths[width] (the last one is bn)
             width = Int32(0)
             for t in cutlass.range_constexpr(len(self.tail_widths)):
@@ -496,9 +525,11 @@ class WgmmaGroupedGemm(GroupedGemm):
     def tiled_wgmma(self, width: int) -> cute.TiledMma:
         """The MMA warpgroups' tiled wgmma over ``width`` token rows: m64 x width x k16 per
         warpgroup, bf16 operands K-major in shared memory, float32 accumulators."""
+        a_source = cute.nvgpu.warpgroup.OperandSource.RMEM if self.register_a else \
+            cute.nvgpu.warpgroup.OperandSource.SMEM
         return sm90_utils.make_trivial_tiled_mma(
             BFloat16, BFloat16, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
-            Float32, (self.warpgroups, 1, 1), tiler_mn=(64, width))
+            Float32, (self.warpgroups, 1, 1), tiler_mn=(64, width), a_source=a_source)
 
     def narrow_mma(self, tidx: Int32, width: int, acc: cute.Tensor, sB: cute.Tensor):
         """The wgmma of a ``width``-row tail: its tiled MMA (m64 x width x k16), the accumulators of
@@ -531,8 +562,12 @@ class WgmmaGroupedGemm(GroupedGemm):
         ``acc``), then the epilogue: the bulk one over the accumulators of that width, the float32
         one over all of them (its stores take the valid rows only). Returns the mainloop's ring
         position and A slot."""
-        stage, phase, a_slot = self.mainloop(tidx, warpgroup, k_blocks, k_steps, tiled_mma, acc_w, tCrA, tCrB,
-                                             full, empty, sq_ptr, ss_ptr, sa_ptr, stage, phase, a_slot)
+        if cutlass.const_expr(self.register_a):
+            stage, phase = self.mainloop_registers(tidx, warpgroup, k_blocks, k_steps, tiled_mma, acc_w, tCrA, tCrB,
+                                                   full, empty, sq_ptr, ss_ptr, stage, phase)
+        else:
+            stage, phase, a_slot = self.mainloop(tidx, warpgroup, k_blocks, k_steps, tiled_mma, acc_w, tCrA, tCrB,
+                                                 full, empty, sq_ptr, ss_ptr, sa_ptr, stage, phase, a_slot)
         if cutlass.const_expr(self.bulk_store):
             self.store_rows(tidx, acc_w, tCcC_w, sc_ptr, expert, row0, nrows, mb, out_ptr, alpha, beta, clamp,
                             out_scale, m, n_out, epilogue_sync)
@@ -580,6 +615,49 @@ class WgmmaGroupedGemm(GroupedGemm):
         cute.nvgpu.warpgroup.wait_group(0)
         cute.arch.mbarrier_arrive(empty + prev)
         return stage, phase, a_slot
+
+    @cute.jit
+    def mainloop_registers(self, tidx: Int32, warpgroup: Int32, k_blocks: Int32, k_steps: cutlass.Constexpr,
+                           tiled_mma: cute.TiledMma, acc: cute.Tensor, tCrA: cute.Tensor, tCrB: cute.Tensor,
+                           full: cute.Pointer, empty: cute.Pointer, sq_ptr: cute.Pointer, ss_ptr: cute.Pointer,
+                           stage: Int32, phase: Int32):
+        """MXINT4 with A from registers, a k-block in ``a_parts`` parts of ``k_steps / a_parts``
+        k-steps: part ``j`` is dequantized into its A fragments while the wgmma group of the part
+        before runs (the group that last read these registers, part ``j`` of the previous k-block,
+        retired at the last ``wait_group(1)``). Parts rather than whole k-blocks keep about two
+        parts of A registers live next to the accumulators. No shared-memory round trip and no
+        warpgroup barrier: only the token rows come from shared memory. Returns the ring
+        position."""
+        prev = Int32(0)
+        parts = self.a_parts
+        for kb in cutlass.range(k_blocks, unroll=1):
+            if kb > 0:  # the item's first slot was waited for with its item number
+                cute.arch.mbarrier_wait(full + stage, phase)
+            for part in cutlass.range_constexpr(parts):
+                self.dequantize_registers(tidx % WARPGROUP, warpgroup, stage, sq_ptr, ss_ptr, tCrA, part)
+                if cutlass.const_expr(self.gather and part == 0):
+                    cute.arch.fence_proxy("async.shared", space="cta")  # cp.async token rows -> wgmma
+                cute.nvgpu.warpgroup.fence()
+                for kk in cutlass.range_constexpr(part * k_steps // parts, (part + 1) * k_steps // parts):
+                    if cutlass.const_expr(kk == 0):
+                        # the item's first k-step overwrites the accumulators (no zero fill)
+                        tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, kb > 0)
+                    cute.gemm(tiled_mma, acc, tCrA[(None, None, kk)], tCrB[(None, None, kk, stage)], acc)
+                    tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
+                cute.nvgpu.warpgroup.commit_group()
+                cute.nvgpu.warpgroup.wait_group(1)
+                if cutlass.const_expr(part == 0):
+                    # the last group of k-block kb - 1 has retired: its slot goes back
+                    if kb > 0:
+                        cute.arch.mbarrier_arrive(empty + prev)
+            prev = stage
+            stage = stage + 1
+            if stage == self.stages:
+                stage = Int32(0)
+                phase = phase ^ 1
+        cute.nvgpu.warpgroup.wait_group(0)
+        cute.arch.mbarrier_arrive(empty + prev)
+        return stage, phase
 
     @cute.jit
     def store_passes(self, tidx: Int32, acc: cute.Tensor, tCsC: cute.Tensor, warpgroup: Int32, sc_ptr: cute.Pointer,
@@ -680,6 +758,37 @@ class WgmmaGroupedGemm(GroupedGemm):
             u = tl + n * WARPGROUP
             r = warpgroup_row(warpgroup, u // INT4_SCALES_PER_KB, self.warpgroups)
             self.dequantize_unit(r, u % INT4_SCALES_PER_KB, raw, scale_words[0, r], sa_words)
+
+    @cute.jit
+    def dequantize_registers(self, tl: Int32, warpgroup: Int32, stage: Int32, sq_ptr: cute.Pointer,
+                             ss_ptr: cute.Pointer, tCrA: cute.Tensor, part: cutlass.Constexpr):
+        """MXINT4: part ``part`` of ``a_parts`` of the k-block in ring slot ``stage`` -> the A
+        fragments of its k-steps, for thread ``tl`` of MMA warpgroup ``warpgroup``. The wgmma's
+        A layout is the m16n8k16 one per warp: lane ``4g + t`` of warp ``w`` holds, per m-repeat
+        and k-step ``s``, rows ``16w + g`` and ``+ 8`` at k ``16s + 2t, +1`` and ``16s + 2t + 8,
+        +9``: the two values of byte ``t`` of packed words ``2s`` and ``2s + 1`` of those rows
+        (low nibble first). So each lane loads its rows' words of the part (inside one 32-value
+        scale group) and converts byte ``t`` of each (the prmt selector at run time), scaled by
+        the row's scale of the group."""
+        raw = self.packed_k_block(sq_ptr, stage, 0)
+        scale_words = self.scale_words(ss_ptr, stage)
+        selector = int4_convert.byte_selector(tl % 4)
+        reps = cute.size(tCrA, mode=[1])
+        regs = cute.recast_tensor(tCrA, Int32)  # bf16 pairs (register_a_word)
+        words = INT4_ROW_BYTES // 4 // self.a_parts  # packed words of the part (8 values each)
+        group = part * INT4_SCALES_PER_KB // self.a_parts
+        for rep in cutlass.range_constexpr(reps):
+            for h in cutlass.range_constexpr(2):
+                r = register_a_row(warpgroup, tl, rep, h, self.warpgroups)
+                packed = cute.make_rmem_tensor(words, Int32)
+                src = cute.recast_ptr(raw + cute.assume(r * INT4_ROW_BYTES + part * words * 4, divby=words * 4),
+                                      dtype=Int32)
+                cute.autovec_copy(cute.make_tensor(src, cute.make_layout(words)), packed)
+                s2 = int4_convert.scale_pair(scale_words[0, r], group)
+                for i in cutlass.range_constexpr(words):
+                    w = part * words + i  # word w of the row: k-step w // 2, k8 = w % 2
+                    pair = int4_convert.scaled_byte(packed[i], packed[i] >> 4, s2, selector)
+                    regs[register_a_word(h, w % 2, rep, w // 2, reps)] = pair
 
     @cute.jit
     def stage_rep(self, acc: cute.Tensor, tCsC: cute.Tensor, rep: cutlass.Constexpr):

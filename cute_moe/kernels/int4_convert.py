@@ -39,10 +39,10 @@ def _pair_selector(j: int) -> int:
     return j | (j << 4) | ((4 + j) << 8) | ((4 + j) << 12)
 
 
-def scaled_pair_ptx(j: int) -> str:
-    """PTX of ``scaled_pair`` (``$0`` the result, ``$1 .. $3`` word, hi, scale2)."""
+def _scaled_pair_ptx(selector: str) -> str:
+    """PTX of ``scaled_pair`` with the prmt selector ``selector`` (a constant or an operand)."""
     return ("{\n.reg .b32 t, one, bias, nz;\n"
-            f"prmt.b32 t, $1, $2, {_pair_selector(j):#x};\n"
+            f"prmt.b32 t, $1, $2, {selector};\n"
             f"lop3.b32 t, t, 0x000F000F, 0x43084308, {FLIP_MERGE_LUT:#x};\n"
             "mov.b32 one, 0x3F803F80;\n"
             "mov.b32 bias, 0xC308C308;\n"
@@ -51,10 +51,29 @@ def scaled_pair_ptx(j: int) -> str:
             "fma.rn.bf16x2 $0, t, $3, nz;\n}")
 
 
+def scaled_pair_ptx(j: int) -> str:
+    """PTX of ``scaled_pair`` (``$0`` the result, ``$1 .. $3`` word, hi, scale2)."""
+    return _scaled_pair_ptx(f"{_pair_selector(j):#x}")
+
+
+# byte j chosen at run time: the selector in $4 (``byte_selector``)
+SCALED_BYTE_PTX = _scaled_pair_ptx("$4")
+
+
 def scaled_pair(word: Int32, hi: Int32, scale2: Int32, j: cutlass.Constexpr) -> Int32:
     """bf16x2 ``(q_2j * s, q_2j+1 * s)`` from the packed ``word``, ``hi = word >> 4`` and the
     bf16 scale pair ``scale2 = (s, s)``."""
     return _pure_asm(scaled_pair_ptx(j), "=r,r,r,r", [word, hi, scale2])
+
+
+def byte_selector(j: Int32) -> Int32:
+    """The prmt selector of ``scaled_pair`` for a byte ``j`` known at run time only."""
+    return j * 0x1111 + 0x4400
+
+
+def scaled_byte(word: Int32, hi: Int32, scale2: Int32, selector: Int32) -> Int32:
+    """``scaled_pair`` of the byte that ``selector = byte_selector(j)`` picks."""
+    return _pure_asm(SCALED_BYTE_PTX, "=r,r,r,r,r", [word, hi, scale2, selector])
 
 
 SCALE_PAIR_PTX = "prmt.b32 $0, $1, 0, $2;"  # $2: selector 0x1010 (low scale) or 0x3232 (high)
