@@ -201,6 +201,14 @@ BN_BY_ROWS["wgmma"] = ((64.0, 64), (192.0, 192), (384.0, 128), (float("inf"), 19
 # wins by 2-4% where it holds an expert's rows in one tile (192 rows) and on the largest experts
 # (its dequantized k-block serves 1.5x the token rows).
 INT4_WGMMA_BN_BY_ROWS = ((64.0, 64), (128.0, 128), (192.0, 192), (384.0, 128), (float("inf"), 192))
+# MXINT4 micro tiles: dequantization dominates, so an expert whose rows spill into a second 8-row
+# tile converts its weights twice; 16-row tiles above 4 rows per expert. One H100, two runs each
+# (us, cute-moe-bench --weights mxint4 --reps 30):
+#
+#   rows/expert  shape                   8-row tile     16-row tile
+#   8 (T=64)     kimi-k2, 64 experts     762.3 / 742.4  667.6 / 649.5
+#   8 (T=128)    qwen3-30b-a3b mxint4    186.8 / 186.6  174.5 / 174.9
+INT4_BN_BY_ROWS = {"micro": ((4.0, 8), (float("inf"), 16)), "wgmma": INT4_WGMMA_BN_BY_ROWS}
 
 
 def _t(bm, bn, wm, wn, stages, mma="warp") -> TileConfig:
@@ -302,7 +310,8 @@ def select_config(*, num_tokens: int, top_k: int, hidden_size: int, intermediate
     chosen = forced_variant(variant) or _first(table, rows)
     if chosen == "wgmma" and not wgmma_runs(arch, weight_kind):
         raise ValueError(f"variant 'wgmma' runs bf16 or mxint4 weights on sm_90a, got {weight_kind} weights on {arch}")
-    bn = _first(INT4_WGMMA_BN_BY_ROWS if (chosen, weight_kind) == ("wgmma", "mxint4") else BN_BY_ROWS[chosen], rows)
+    bands = INT4_BN_BY_ROWS if weight_kind == "mxint4" else {}
+    bn = _first(bands.get(chosen, BN_BY_ROWS[chosen]), rows)
     tiles = _SM120_FP4_TILES if (arch, weight_kind) == ("sm_120a", "nvfp4") else TILES[arch]
     fc1, fc2, ctas, pdl = tiles[(chosen, bn)]
     return GemmConfig(chosen, fc1, fc2, ctas, pdl)

@@ -26,7 +26,7 @@ from cute_moe.kernels.gemm_config import SMEM_LIMIT, WGMMA_INT4_A_SLOTS, WGMMA_I
     TileConfig
 from cute_moe.kernels.grouped_gemm import GroupedGemm, example_args
 from cute_moe.kernels.grouped_gemm_sm90 import WgmmaGroupedGemm
-from cute_moe.select import BN_BY_ROWS, ENV_VARIANT, INT4_WGMMA_BN_BY_ROWS, TILES, select_config
+from cute_moe.select import BN_BY_ROWS, ENV_VARIANT, INT4_BN_BY_ROWS, TILES, select_config
 
 REL_BOUND = 1e-2
 SWIGLU, RELU2 = int(ActivationType.Swiglu), int(ActivationType.Relu2)
@@ -467,6 +467,11 @@ def test_mxint4_selector_keeps_decode_tiles_together():
         assert [select_config(num_tokens=t, arch=arch, **kw).variant for t in (1, 64, 128, 512, 1024)] == \
             ["micro", "micro", "static", "wgmma" if arch == "sm_90a" else "static",
              "wgmma" if arch == "sm_90a" else "dynamic"]
+        # micro's token tile: 8 rows up to 4 per expert, then 16 (an expert's weights are
+        # dequantized once per tile: Kimi-K2 T = 64, 8 rows, 650-668 us against 742-762 with 8)
+        assert [select_config(num_tokens=t, arch=arch, **kw).tile_rows for t in (8, 32, 33, 64)] == [8, 8, 16, 16]
+        bf16 = {**kw, "weight_kind": "bf16", "variant": "micro"}
+        assert select_config(num_tokens=64, arch=arch, **bf16).tile_rows == 8  # bf16 keeps its band
 
 
 def test_cubin_reader_rejects_a_cubin_without_register_counts():
@@ -527,7 +532,7 @@ def test_every_table_tile_fits_its_arch(arch):
         assert fc1.bn == fc2.bn == bn
         assert fc1.fits(arch) and fc2.fits(arch), f"{variant} bn={bn} does not fit {arch}"
         # every tile the selector can choose for 4-bit weights fits them
-        if bn in {b for _, b in BN_BY_ROWS[variant] + (INT4_WGMMA_BN_BY_ROWS if variant == "wgmma" else ())}:
+        if bn in {b for _, b in BN_BY_ROWS[variant] + INT4_BN_BY_ROWS.get(variant, ())}:
             assert fc1.fits(arch, int4=True) and fc2.fits(arch, int4=True), f"{variant} bn={bn} int4 exceeds {arch}"
         assert GemmConfig(variant, fc1, fc2, ctas, pdl).tile_rows == bn
 
