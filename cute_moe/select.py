@@ -189,6 +189,10 @@ BN_BY_ROWS["wgmma"] = ((64.0, 64), (192.0, 192), (384.0, 128), (float("inf"), 19
 #   rows/expert    shape                   64 shared  64 regs  128 shared  128 regs  192 shared
 #   32 (T=512)     qwen3-30b-a3b mxint4    276.8      236.5
 #   64 (T=512)     kimi-k2, 64 experts     1714.5     1472.1
+#   48 (T=768)     qwen3-30b-a3b mxint4               242.1 / 242.4       263.9 / 265.9
+#   48 (T=384)     kimi-k2, 64 experts                1213.3 / 1259.0     1129.5 / 1168.1
+#   64 (T=1024)    qwen3-30b-a3b mxint4               328.3 / 327.5       297.0 / 294.5
+#   64 (T=512)     kimi-k2, 64 experts                1459.4 / 1485.8     1331.1 / 1310.0
 #   128 (T=2048)   qwen3-30b-a3b mxint4                                    442.8     449.2
 #   128 (T=1024)   kimi-k2, 64 experts                                     1929.5    1965.4
 #   192 (T=1536)   kimi-k2, 64 experts                                     2732.2    2612.7
@@ -197,10 +201,12 @@ BN_BY_ROWS["wgmma"] = ((64.0, 64), (192.0, 192), (384.0, 128), (float("inf"), 19
 #   1024 (T=16384) qwen3-30b-a3b mxint4                        3025.5      2801.4    2739.6
 #   2048 (T=16384) kimi-k2, 64 experts                         23902.1     21813.6   21097.7
 #
-# The register feed gains 8-15% at equal width; a full 192-row tile through shared memory still
-# wins by 2-4% where it holds an expert's rows in one tile (192 rows) and on the largest experts
-# (its dequantized k-block serves 1.5x the token rows).
-INT4_WGMMA_BN_BY_ROWS = ((64.0, 64), (128.0, 128), (192.0, 192), (384.0, 128), (float("inf"), 192))
+# (the 48- and 64-row lines: two runs each, another session). The register feed gains 8-15% at
+# equal width. As with the micro tiles below, a tile that holds an expert's rows at once wins
+# where a smaller one spills into a second tile (converting the weights again): 128 rows at 64
+# per expert (-10%), at 48 one shape each way; 192 rows through shared memory by 2-4% at 192
+# rows and on the largest experts (its dequantized k-block serves 1.5x the token rows).
+INT4_WGMMA_BN_BY_ROWS = ((48.0, 64), (128.0, 128), (192.0, 192), (384.0, 128), (float("inf"), 192))
 # MXINT4 micro tiles: dequantization dominates, so an expert whose rows spill into a second 8-row
 # tile converts its weights twice; 16-row tiles above 4 rows per expert. One H100, two runs each
 # (us, cute-moe-bench --weights mxint4 --reps 30):
