@@ -34,7 +34,7 @@ MXINT4 weights (``weight_format="mxint4"``): the producer's TMA box is the k-blo
 a packed ring, its threads cp.async the scale words (``load_scales``) next to the token rows. Up
 to 128 token rows (``TileConfig.wgmma_int4_register_a``) each MMA thread dequantizes the values
 its wgmma reads straight into A registers, half a k-block (one scale group) at a time, and the
-wgmma takes A from registers (``mainloop_registers``, ``dequantize_registers``): no bf16 copy
+wgmma takes A from registers (``mainloop``, ``dequantize_registers``): no bf16 copy
 in shared memory, no barrier. Wider tiles do not have the registers for that next to their
 accumulators: each MMA warpgroup dequantizes its own rows into one of two bf16 A slots in the
 wgmma layout (``dequantize_warpgroup``), fences them for the async proxy and syncs its 128
@@ -156,9 +156,9 @@ class WgmmaGroupedGemm(GroupedGemm):
             raise ValueError(f"wgmma tile: bn = {self.bn} token rows do not split over the producer warpgroup")
         wide = self.warpgroups == 2 and self.b_loads > 8
         self.register_a = self.packed and tile.wgmma_int4_register_a
-        # A from registers: parts of a k-block that alternate between dequantization and the wgmma
-        # in flight, one 32-value scale group each
-        self.a_parts = INT4_SCALES_PER_KB
+        # wgmma groups per k-block. A from registers: parts that alternate between dequantization
+        # and the wgmma in flight, one 32-value scale group each
+        self.a_parts = INT4_SCALES_PER_KB if self.register_a else 1
         self.producer_regs, self.mma_regs = WIDE_GATHER_SPLIT if wide else REGISTER_SPLIT[self.warpgroups]
         self.min_ctas = CTAS_PER_SM[self.warpgroups]
         if not register_split_fits(self.warpgroups, self.producer_regs, self.mma_regs):
@@ -463,7 +463,7 @@ class WgmmaGroupedGemm(GroupedGemm):
         thr_mma = tiled_mma.get_slice(tidx)
         if cutlass.const_expr(self.register_a):
             # one k-block of A fragments ((2, 2, 2), m-repeats, k-steps): its parts alternate
-            # between the wgmma group in flight and the dequantization (mainloop_registers)
+            # between the wgmma group in flight and the dequantization (mainloop)
             tCrA = cute.make_rmem_tensor(thr_mma.partition_shape_A((self.bm, BK)), BFloat16)
         else:
             tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))
@@ -562,12 +562,8 @@ class WgmmaGroupedGemm(GroupedGemm):
         ``acc``), then the epilogue: the bulk one over the accumulators of that width, the float32
         one over all of them (its stores take the valid rows only). Returns the mainloop's ring
         position and A slot."""
-        if cutlass.const_expr(self.register_a):
-            stage, phase = self.mainloop_registers(tidx, warpgroup, k_blocks, k_steps, tiled_mma, acc_w, tCrA, tCrB,
-                                                   full, empty, sq_ptr, ss_ptr, stage, phase)
-        else:
-            stage, phase, a_slot = self.mainloop(tidx, warpgroup, k_blocks, k_steps, tiled_mma, acc_w, tCrA, tCrB,
-                                                 full, empty, sq_ptr, ss_ptr, sa_ptr, stage, phase, a_slot)
+        stage, phase, a_slot = self.mainloop(tidx, warpgroup, k_blocks, k_steps, tiled_mma, acc_w, tCrA, tCrB,
+                                             full, empty, sq_ptr, ss_ptr, sa_ptr, stage, phase, a_slot)
         if cutlass.const_expr(self.bulk_store):
             self.store_rows(tidx, acc_w, tCcC_w, sc_ptr, expert, row0, nrows, mb, out_ptr, alpha, beta, clamp,
                             out_scale, m, n_out, epilogue_sync)
@@ -581,73 +577,49 @@ class WgmmaGroupedGemm(GroupedGemm):
                  tiled_mma: cute.TiledMma, acc: cute.Tensor, tCrA: cute.Tensor, tCrB: cute.Tensor,
                  full: cute.Pointer, empty: cute.Pointer, sq_ptr: cute.Pointer, ss_ptr: cute.Pointer,
                  sa_ptr: cute.Pointer, stage: Int32, phase: Int32, a_slot: Int32):
-        """One work item's k-blocks: wait for the slot, (MXINT4: dequantize the warpgroup's rows),
-        issue its wgmmas, keep one group in flight and free the slot before. Returns the ring
-        position (stage, phase) and MXINT4's next A slot."""
+        """One work item's k-blocks: wait for the slot, issue its wgmmas in ``a_parts`` groups,
+        keep one group in flight and free the slot of the k-block before. MXINT4 through shared
+        memory: the warpgroup first dequantizes its rows into bf16 slot ``a_slot``, fences them
+        and syncs. MXINT4 from registers: each part (two k-steps, one scale group) is dequantized
+        into its A fragments while the group of the part before runs (the group that last read
+        these registers, the same part of the previous k-block, retired at the last
+        ``wait_group(1)``); no barrier, and the item's first k-step overwrites the accumulators
+        instead of a zero fill (the columns a narrow item leaves out stay dead). Returns the
+        ring position (stage, phase) and the next A slot."""
         prev = Int32(0)
+        parts = self.a_parts
+        shared_dequant = self.packed and not self.register_a
         for kb in cutlass.range(k_blocks, unroll=1):
             if kb > 0:  # the item's first slot was waited for with its item number
                 cute.arch.mbarrier_wait(full + stage, phase)
             a_read = stage
-            if cutlass.const_expr(self.packed):
+            if cutlass.const_expr(shared_dequant):
                 self.dequantize_warpgroup(tidx % WARPGROUP, warpgroup, stage, a_slot, sq_ptr, ss_ptr, sa_ptr)
                 a_read = a_slot
                 a_slot = a_slot ^ 1
-            # token rows that arrived through cp.async (generic proxy) and the weights this
-            # warpgroup dequantized: wgmma reads them through the async proxy
-            if cutlass.const_expr(self.thread_loads):
-                cute.arch.fence_proxy("async.shared", space="cta")
-            if cutlass.const_expr(self.packed):
-                cute.arch.barrier(barrier_id=DEQUANT_BARRIER + warpgroup, number_of_threads=WARPGROUP)
-            cute.nvgpu.warpgroup.fence()
-            for kk in cutlass.range_constexpr(k_steps):
-                cute.gemm(tiled_mma, acc, tCrA[(None, None, kk, a_read)], tCrB[(None, None, kk, stage)], acc)
-            cute.nvgpu.warpgroup.commit_group()
-            # the group of k-block kb - 1 has finished: its slot goes back to the producer
-            cute.nvgpu.warpgroup.wait_group(1)
-            if kb > 0:
-                cute.arch.mbarrier_arrive(empty + prev)
-            prev = stage
-            stage = stage + 1
-            if stage == self.stages:
-                stage = Int32(0)
-                phase = phase ^ 1
-        cute.nvgpu.warpgroup.wait_group(0)
-        cute.arch.mbarrier_arrive(empty + prev)
-        return stage, phase, a_slot
-
-    @cute.jit
-    def mainloop_registers(self, tidx: Int32, warpgroup: Int32, k_blocks: Int32, k_steps: cutlass.Constexpr,
-                           tiled_mma: cute.TiledMma, acc: cute.Tensor, tCrA: cute.Tensor, tCrB: cute.Tensor,
-                           full: cute.Pointer, empty: cute.Pointer, sq_ptr: cute.Pointer, ss_ptr: cute.Pointer,
-                           stage: Int32, phase: Int32):
-        """MXINT4 with A from registers, a k-block in ``a_parts`` parts of ``k_steps / a_parts``
-        k-steps: part ``j`` is dequantized into its A fragments while the wgmma group of the part
-        before runs (the group that last read these registers, part ``j`` of the previous k-block,
-        retired at the last ``wait_group(1)``). Parts rather than whole k-blocks keep about two
-        parts of A registers live next to the accumulators. No shared-memory round trip and no
-        warpgroup barrier: only the token rows come from shared memory. Returns the ring
-        position."""
-        prev = Int32(0)
-        parts = self.a_parts
-        for kb in cutlass.range(k_blocks, unroll=1):
-            if kb > 0:  # the item's first slot was waited for with its item number
-                cute.arch.mbarrier_wait(full + stage, phase)
             for part in cutlass.range_constexpr(parts):
-                self.dequantize_registers(tidx % WARPGROUP, warpgroup, stage, sq_ptr, ss_ptr, tCrA, part)
-                if cutlass.const_expr(self.gather and part == 0):
-                    cute.arch.fence_proxy("async.shared", space="cta")  # cp.async token rows -> wgmma
+                if cutlass.const_expr(self.register_a):
+                    self.dequantize_registers(tidx % WARPGROUP, warpgroup, stage, sq_ptr, ss_ptr, tCrA, part)
+                # token rows that arrived through cp.async (generic proxy) and the weights this
+                # warpgroup dequantized into shared memory: wgmma reads them through the async proxy
+                if cutlass.const_expr(part == 0 and (self.gather or shared_dequant)):
+                    cute.arch.fence_proxy("async.shared", space="cta")
+                if cutlass.const_expr(shared_dequant):
+                    cute.arch.barrier(barrier_id=DEQUANT_BARRIER + warpgroup, number_of_threads=WARPGROUP)
                 cute.nvgpu.warpgroup.fence()
                 for kk in cutlass.range_constexpr(part * k_steps // parts, (part + 1) * k_steps // parts):
-                    if cutlass.const_expr(kk == 0):
-                        # the item's first k-step overwrites the accumulators (no zero fill)
-                        tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, kb > 0)
-                    cute.gemm(tiled_mma, acc, tCrA[(None, None, kk)], tCrB[(None, None, kk, stage)], acc)
-                    tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
+                    if cutlass.const_expr(self.register_a):
+                        if cutlass.const_expr(kk == 0):
+                            tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, kb > 0)
+                        cute.gemm(tiled_mma, acc, tCrA[(None, None, kk)], tCrB[(None, None, kk, stage)], acc)
+                        if cutlass.const_expr(kk == 0):
+                            tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
+                    else:
+                        cute.gemm(tiled_mma, acc, tCrA[(None, None, kk, a_read)], tCrB[(None, None, kk, stage)], acc)
                 cute.nvgpu.warpgroup.commit_group()
                 cute.nvgpu.warpgroup.wait_group(1)
                 if cutlass.const_expr(part == 0):
-                    # the last group of k-block kb - 1 has retired: its slot goes back
+                    # the last group of k-block kb - 1 has finished: its slot goes back to the producer
                     if kb > 0:
                         cute.arch.mbarrier_arrive(empty + prev)
             prev = stage
@@ -657,7 +629,7 @@ class WgmmaGroupedGemm(GroupedGemm):
                 phase = phase ^ 1
         cute.nvgpu.warpgroup.wait_group(0)
         cute.arch.mbarrier_arrive(empty + prev)
-        return stage, phase
+        return stage, phase, a_slot
 
     @cute.jit
     def store_passes(self, tidx: Int32, acc: cute.Tensor, tCsC: cute.Tensor, warpgroup: Int32, sc_ptr: cute.Pointer,
