@@ -84,8 +84,8 @@ _INT4_VARIANT_BY_ROWS: Tuple[Tuple[float, str], ...] = (
     (64.0, "static"),
     (float("inf"), "dynamic"),
 )
-# SM90: the wgmma instantiation dequantizes MXINT4 into shared memory for its warpgroup MMA
-# (grouped_gemm_sm90.py). Same H100 session, forced variants (us):
+# SM90: the wgmma instantiation with MXINT4 dequantized into shared memory for its warpgroup MMA
+# (grouped_gemm_sm90.py; before the register feed below). Same H100 session, forced variants (us):
 #
 #   rows/expert  shape                   micro    static   wgmma    dynamic
 #   8 (T=128)    qwen3-30b-a3b mxint4    192.7    232.1    319.0    -
