@@ -6,7 +6,8 @@ made from the expected routed rows per local expert, ``rows = T * top_k / L``:
 
 * the variant: the first entry of ``VARIANT_BY_ROWS[arch]`` whose bound is ``>= rows``;
 * the token tile ``bn`` (= the plan's ``tile_rows``): the first entry of ``BN_BY_ROWS[variant]``
-  whose bound is ``>= rows``: padding each expert to a multiple of ``bn`` wastes little;
+  (MXINT4: ``INT4_BN_BY_ROWS`` where it has the variant) whose bound is ``>= rows``: padding each
+  expert to a multiple of ``bn`` wastes little;
 * the FC1 / FC2 tiles: ``TILES[arch][(variant, bn)]``.
 
 ``CUTE_MOE_GEMM_VARIANT=micro|static|dynamic|wgmma`` or the ``variant`` argument forces the variant
@@ -176,7 +177,7 @@ BN_BY_ROWS: Dict[str, Tuple[Tuple[float, int], ...]] = {
 # At about 256 rows two tiles of 128 fit an expert as well as 192 + a 64-row tail, and win; end
 # to end (cute-moe-bench, same session) 192 against 128 above 384 rows: qwen3-30b-a3b T=16384
 # 2550 vs 2557 us, qwen3-235b-a22b 8788 vs 9018, mixtral-8x7b T=4096 4668 vs 4977, T=16384 17929
-# vs 19104. MXINT4 takes the same tiles (its 3-stage 256x192 ring fits: 214 KiB), where the
+# vs 19104. MXINT4 took the same tiles (its 3-stage 256x192 ring fits: 214 KiB), where the
 # dequantization of a weight k-block now serves 192 token rows instead of 128: end to end, one
 # H100, Kimi-K2 (64 experts) T=4096 (512 rows) 6389 -> 5676 us, T=16384 24488 -> 21242,
 # qwen3-30b-a3b mxint4 T=16384 (1024 rows) 3074 -> 2787.
