@@ -456,10 +456,11 @@ class WgmmaGroupedGemm(GroupedGemm):
                 clamp: cute.Tensor, out_scale: cute.Tensor, m: Int32, n_out: Int32, sa_ptr: cute.Pointer,
                 sq_ptr: cute.Pointer, ss_ptr: cute.Pointer):
         """WGMMA over the ring, then the template's epilogue; ``tidx`` counts the MMA threads.
-        MXINT4: each warpgroup first dequantizes its rows of the slot's k-block into bf16 slot
-        ``a_slot`` (two alternate: the wgmma group that read a slot two k-blocks ago has retired
-        at this warpgroup's previous ``wait_group(1)``), fences them for the async proxy and
-        syncs its own 128 threads."""
+        MXINT4 through shared memory: each warpgroup first dequantizes its rows of the slot's
+        k-block into bf16 slot ``a_slot`` (two alternate: the wgmma group that read a slot two
+        k-blocks ago has retired at this warpgroup's previous ``wait_group(1)``), fences them
+        for the async proxy and syncs its own 128 threads; with A from registers each thread
+        dequantizes into its A fragments instead (``mainloop``)."""
         thr_mma = tiled_mma.get_slice(tidx)
         if cutlass.const_expr(self.register_a):
             # one k-block of A fragments ((2, 2, 2), m-repeats, k-steps): its parts alternate
@@ -524,7 +525,8 @@ class WgmmaGroupedGemm(GroupedGemm):
 
     def tiled_wgmma(self, width: int) -> cute.TiledMma:
         """The MMA warpgroups' tiled wgmma over ``width`` token rows: m64 x width x k16 per
-        warpgroup, bf16 operands K-major in shared memory, float32 accumulators."""
+        warpgroup, bf16 operands K-major in shared memory (A in registers where the MXINT4 weights
+        are dequantized there), float32 accumulators."""
         a_source = cute.nvgpu.warpgroup.OperandSource.RMEM if self.register_a else \
             cute.nvgpu.warpgroup.OperandSource.SMEM
         return sm90_utils.make_trivial_tiled_mma(
