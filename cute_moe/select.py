@@ -207,7 +207,6 @@ BN_BY_ROWS["wgmma"] = ((64.0, 64), (192.0, 192), (384.0, 128), (float("inf"), 19
 # where a smaller one spills into a second tile (converting the weights again): 128 rows at 64
 # per expert (-10%), at 48 one shape each way; 192 rows through shared memory by 2-4% at 192
 # rows and on the largest experts (its dequantized k-block serves 1.5x the token rows).
-INT4_WGMMA_BN_BY_ROWS = ((48.0, 64), (128.0, 128), (192.0, 192), (384.0, 128), (float("inf"), 192))
 # MXINT4 micro tiles: dequantization dominates, so an expert whose rows spill into a second 8-row
 # tile converts its weights twice; 16-row tiles above 4 rows per expert. One H100, two runs each
 # (us, cute-moe-bench --weights mxint4 --reps 30):
@@ -215,7 +214,10 @@ INT4_WGMMA_BN_BY_ROWS = ((48.0, 64), (128.0, 128), (192.0, 192), (384.0, 128), (
 #   rows/expert  shape                   8-row tile     16-row tile
 #   8 (T=64)     kimi-k2, 64 experts     762.3 / 742.4  667.6 / 649.5
 #   8 (T=128)    qwen3-30b-a3b mxint4    186.8 / 186.6  174.5 / 174.9
-INT4_BN_BY_ROWS = {"micro": ((4.0, 8), (float("inf"), 16)), "wgmma": INT4_WGMMA_BN_BY_ROWS}
+INT4_BN_BY_ROWS: Dict[str, Tuple[Tuple[float, int], ...]] = {
+    "micro": ((4.0, 8), (float("inf"), 16)),
+    "wgmma": ((48.0, 64), (128.0, 128), (192.0, 192), (384.0, 128), (float("inf"), 192)),
+}
 
 
 def _t(bm, bn, wm, wn, stages, mma="warp") -> TileConfig:

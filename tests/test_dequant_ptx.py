@@ -63,6 +63,19 @@ def test_int4_scaled_pair_rounds_once(j):
             assert (pair & 0xFFFF, pair >> 16) == (bf16_bits(q[0] * s), bf16_bits(q[1] * s)), (s, byte)
 
 
+@pytest.mark.parametrize("j", range(4))
+def test_int4_scaled_byte_is_scaled_pair_with_the_selector_in_a_register(j):
+    """The register-fed wgmma's conversion (``scaled_byte``): byte ``j`` picked by the selector
+    operand ``byte_selector(j)`` gives the constant-selector pair, bit for bit."""
+    rng = random.Random(50 + j)
+    for _ in range(256):
+        word = rng.getrandbits(32)
+        scale2 = bf16_bits(rng.uniform(-3, 3)) * 0x10001
+        (want,) = run(int4_convert.scaled_pair_ptx(j), [word, word >> 4, scale2])
+        (got,) = run(int4_convert.SCALED_BYTE_PTX, [word, word >> 4, scale2, int4_convert.byte_selector(j)])
+        assert got == want, (j, hex(word))
+
+
 def test_int4_scale_pair_broadcasts_the_chosen_scale():
     rng = random.Random(40)
     for _ in range(64):

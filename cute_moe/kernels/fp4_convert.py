@@ -20,7 +20,7 @@ from __future__ import annotations
 import cutlass
 from cutlass import Int32
 
-from .int4_convert import _pair_selector, _pure_asm
+from .int4_convert import _pure_asm, byte_selector
 
 BF16X2_2_POW_120 = 0x7B807B80
 BF16X2_2_POW_126 = 0x7E807E80
@@ -49,7 +49,7 @@ def scale_pair(four: Int32, j: cutlass.Constexpr) -> Int32:
 def scaled_pair_ptx(j: int) -> str:
     """PTX of ``scaled_pair`` (``$0`` the result, ``$1 .. $3`` word, hi, scale2)."""
     return ("{\n.reg .b32 t, a, b, m, nz;\n"
-            f"prmt.b32 t, $1, $2, {_pair_selector(j):#x};\n"
+            f"prmt.b32 t, $1, $2, {byte_selector(j):#x};\n"
             "and.b32 a, t, 0x00070007;\n"
             "shl.b32 a, a, 6;\n"
             "and.b32 b, t, 0x00080008;\n"

@@ -34,9 +34,10 @@ def _pure_asm(ptx: str, constraints: str, args):
                                  has_side_effects=False, is_align_stack=False))
 
 
-def _pair_selector(j: int) -> int:
-    """prmt selector: result bytes (w.j, w.j, hi.j, hi.j) (bytes 1 and 3 are masked off)."""
-    return j | (j << 4) | ((4 + j) << 8) | ((4 + j) << 12)
+def byte_selector(j):
+    """prmt selector of ``scaled_pair`` for byte ``j`` (a Python int, or an Int32 known at run time
+    only): result bytes (w.j, w.j, hi.j, hi.j) (bytes 1 and 3 are masked off)."""
+    return j * 0x1111 + 0x4400
 
 
 def _scaled_pair_ptx(selector: str) -> str:
@@ -53,7 +54,7 @@ def _scaled_pair_ptx(selector: str) -> str:
 
 def scaled_pair_ptx(j: int) -> str:
     """PTX of ``scaled_pair`` (``$0`` the result, ``$1 .. $3`` word, hi, scale2)."""
-    return _scaled_pair_ptx(f"{_pair_selector(j):#x}")
+    return _scaled_pair_ptx(f"{byte_selector(j):#x}")
 
 
 # byte j chosen at run time: the selector in $4 (``byte_selector``)
@@ -64,11 +65,6 @@ def scaled_pair(word: Int32, hi: Int32, scale2: Int32, j: cutlass.Constexpr) -> 
     """bf16x2 ``(q_2j * s, q_2j+1 * s)`` from the packed ``word``, ``hi = word >> 4`` and the
     bf16 scale pair ``scale2 = (s, s)``."""
     return _pure_asm(scaled_pair_ptx(j), "=r,r,r,r", [word, hi, scale2])
-
-
-def byte_selector(j: Int32) -> Int32:
-    """The prmt selector of ``scaled_pair`` for a byte ``j`` known at run time only."""
-    return j * 0x1111 + 0x4400
 
 
 def scaled_byte(word: Int32, hi: Int32, scale2: Int32, selector: Int32) -> Int32:
