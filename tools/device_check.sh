@@ -10,7 +10,8 @@
 # first call with a cold, then a warm kernel cache; sanitize: compute-sanitizer memcheck and
 # racecheck on small calls of every kernel family (tools/sanitize_cases.py).
 # The tree copied to the GPU machine and .devbundle/ share 64 MiB: tools/device_slim.sh on|off
-# keeps docs and CPU-only tests out of the copy around the runs.
+# keeps only what GPU runs read (the package, the GPU tests, these tools) in the copy around the
+# runs, and `tools/device_slim.sh blocks` says what is left for scripts of the run.
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 what=${1:-all}; filter=${2:-}
