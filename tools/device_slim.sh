@@ -24,7 +24,7 @@ case "${1:-}" in
     { echo "$begin"; sed 's|^|/|' "$list"; echo "$end"; } >> "$exclude"
     bash "$0" blocks ;;
   blocks)
-    bundle=$(du -sk --block-size=4096 .devbundle 2>/dev/null | cut -f1 || echo 0)
+    bundle=$(du -s --block-size=4096 .devbundle 2>/dev/null | cut -f1 || echo 0)
     { git ls-files -z; git ls-files -z --others --exclude-standard; } | xargs -0 -r stat -c %s 2>/dev/null |
       awk -v b="$bundle" '{n += int(($1 + 4095) / 4096)} END {
         printf "tree %d blocks, .devbundle %d blocks, left %d KiB of 64 MiB\n", n, b, (16384 - n - b) * 4}' ;;
