@@ -20,7 +20,10 @@ the up (``r``) and gate (``r + 1``) halves of intermediate ``r / 2``.
 
 Activations (float32, per local expert ``e``):
 
-* Swiglu: ``silu(gate) * up = gate / (1 + exp(-gate)) * up``;
+* Swiglu: ``silu(gate) * up = gate / (1 + exp(-gate)) * up``, the exponential and the reciprocal
+  in their approximate forms (``ex2.approx``, ``rcp.approx``: about 1 ulp of float32, far below
+  the bf16 rounding that follows; the IEEE ``rcp.rn`` adds a Newton step and a range check with
+  an inlined slow path to each value, docs/gemm_notes.md);
 * Swiglu with any of alpha / beta / limit given (GPT-OSS): ``up = clamp(up, -limit, limit)``,
   ``gate = min(gate, limit)``, ``gate * sigmoid(alpha * gate) * (up + beta)`` (alpha 1, beta 0,
   no clamp for the ones not given);
@@ -63,7 +66,7 @@ def unshuffled_row(p):
 
 @cute.jit
 def sigmoid(x: Float32) -> Float32:
-    return 1.0 / (1.0 + cute.math.exp(-x, fastmath=True))
+    return cute.arch.rcp_approx(1.0 + cute.math.exp(-x, fastmath=True))
 
 
 @cute.jit

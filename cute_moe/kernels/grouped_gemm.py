@@ -350,8 +350,12 @@ class GroupedGemm:
             s_src, s_dst, s_ok = a_src, a_dst, a_ok  # unused
         # distance between k-blocks (bf16: elements) or 128-byte int4 blocks (bytes) of one row
         kb_stride = Int64(m) * (INT4_BLOCK_BYTES if cutlass.const_expr(self.packed) else BK)
+        # token rows of this thread; padding rows (n >= nrows) are not loaded: their accumulator
+        # columns are never stored, and at decode, where most rows of a tile are padding, their
+        # loads would all read one hot row (FC1: token 0) next to the streamed weights
         b_src = []
         b_dst = []
+        b_ok = []
         for i in cutlass.range_constexpr(self.b_loads):
             r = row_in + i * self.row_step
             if cutlass.const_expr(self.b_partial):
@@ -361,7 +365,10 @@ class GroupedGemm:
                 src_row = cutlass.max(p2e[row0 + r], Int32(0)) // top_k
             b_src.append(x_ptr + cute.assume(src_row * k + chunk * CHUNK, divby=CHUNK))
             b_dst.append(cute.assume(r * BK + (chunk ^ (r % 8)) * CHUNK, divby=CHUNK))
-        b_ok = tidx < bn * CHUNKS_PER_ROW
+            if cutlass.const_expr(self.b_partial):
+                b_ok.append((tidx < bn * CHUNKS_PER_ROW) & (r < nrows))
+            else:
+                b_ok.append(r < nrows)
 
         g2s = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.GLOBAL),
                                   BFloat16, num_bits_per_copy=128)
@@ -715,17 +722,13 @@ class GroupedGemm:
     @cute.jit
     def load_tokens(self, ks: Int32, stage: Int32, g2s: cute.CopyAtom, vec: cute.Layout, b_src: list, b_dst: list,
                     b_ok, sb_ptr: cute.Pointer):
-        """cp.async the ``kps`` k-blocks of stage ``ks`` of the tile's token rows into ring slot
-        ``stage`` (k-block ``sub`` in sub-slot ``stage * kps + sub``)."""
+        """cp.async the ``kps`` k-blocks of stage ``ks`` of the tile's token rows (those with
+        ``b_ok``) into ring slot ``stage`` (k-block ``sub`` in sub-slot ``stage * kps + sub``)."""
         for sub in cutlass.range_constexpr(self.kps):
             b_kb = cute.assume((ks * self.kps + sub) * BK, divby=CHUNK)
             b_stage = (stage * self.kps + sub) * (self.bn * BK)
             for i in cutlass.range_constexpr(self.b_loads):
-                if cutlass.const_expr(self.b_partial):
-                    if b_ok:
-                        cute.copy(g2s, cute.make_tensor(b_src[i] + b_kb, vec),
-                                  cute.make_tensor(sb_ptr + cute.assume(b_stage + b_dst[i], divby=CHUNK), vec))
-                else:
+                if b_ok[i]:
                     cute.copy(g2s, cute.make_tensor(b_src[i] + b_kb, vec),
                               cute.make_tensor(sb_ptr + cute.assume(b_stage + b_dst[i], divby=CHUNK), vec))
 
