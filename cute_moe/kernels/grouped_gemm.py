@@ -12,7 +12,7 @@ Per work item (plan tile ``t``, m-block ``mb``), with ``(e, row0, nrows) = tile_
   ``[L, K/64, M, 64]``, so the ``bm x 64`` block of k-block ``kb`` is one contiguous
   ``bm * 128``-byte chunk at element ``((e * K/64 + kb) * M + mb*bm) * 64``.
 * ``X`` rows: FC1 gathers ``hidden_states[permuted_idx_to_expanded_idx[row0 + n] // top_k]``
-  (padding rows, whose index is -1, read token 0 and are never stored); FC2, and FC1 without
+  (padding rows, ``n >= nrows``, are neither loaded nor stored); FC2, and FC1 without
   ``gather_rows`` (inputs already permuted, e.g. quantized per expert), read ``X[row0 + n]``.
 * MXINT4 weights (``weight_format="mxint4"``): ``W_e`` is uint8 ``[L, K/256, M, 128]`` (two signed int4
   per byte, low nibble first) with bf16 scales ``S_e [M, K/32]`` 128x4-interleaved
