@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session's worth of checks, under $OUT (default ./out): logs, JSON lines, plots.
-#   bash tools/device_check.sh [tests|bench|bench-mxint4|bench-nvfp4|bench-prefill|eager|first-call|sanitize|all] [pytest -k expression]
-# tests: every GPU test (errors vs the float reference recorded in errors.jsonl);
+#   bash tools/device_check.sh [warm|tests|bench|bench-mxint4|bench-nvfp4|bench-prefill|eager|first-call|sanitize|all] [pytest -k expression]
+# warm: the benchmarks' kernels compiled in parallel (below); tests: every GPU test (errors vs the
+# float reference recorded in errors.jsonl);
 # bench: the bf16 presets; bench-mxint4: MXINT4 next to bf16 on the same shapes; bench-nvfp4:
 # b12x_fused_moe (w4a16 and nvfp4, FP4 byte floor) next to the bf16 routed path on the same weights;
 # bench-prefill: the prefill table of docs/gemm_notes.md (SM90 wgmma: selector's choice, the forced
@@ -21,6 +22,18 @@ if [[ $what == tests || $what == all ]]; then
     ${filter:+-k "$filter"} 2>&1 | tee "$OUT/tests.txt" | grep -E "passed|failed|worst rel|FAILED|Error" | tail -25
 fi
 tokens=1,8,64,512,4096
+# warm: compile every kernel the bench sections time into the kernel cache first, one
+# cute-moe-warmup process per (preset, T) on all cores (a cold process compiles its kernels one
+# after the other; in parallel about 20 s on the 16-core GPU machine instead of minutes)
+if [[ $what == warm || $what == all ]]; then
+  {
+    for t in ${tokens//,/ } 16384; do
+      for p in qwen3-30b-a3b qwen3-235b-a22b deepseek-v3 gpt-oss-120b mixtral-8x7b; do echo "--preset $p --tokens $t"; done
+      echo "--preset qwen3-30b-a3b --weights mxint4 --tokens $t"; echo "--preset kimi-k2 --experts 64 --tokens $t"
+    done
+  } | xargs -P "$(nproc)" -L 1 bash -c 'python3 -m cute_moe.cli.warmup --quiet "$@" >>"$0" 2>&1' "$OUT/warm.txt"
+  echo "warm: $(grep -c "kernels for" "$OUT/warm.txt") warmup runs, $(grep -ci error "$OUT/warm.txt") errors"
+fi
 bench() { timeout 250 python3 -m cute_moe.cli.bench --tokens $tokens --sets 3 --reps 20 "$@" 2>>"$OUT/bench_err.txt"; }
 if [[ $what == bench || $what == all ]]; then
   bench --preset qwen3-30b-a3b --preset deepseek-v3 --preset gpt-oss-120b \
