@@ -142,8 +142,9 @@ def run(args) -> List[Dict[str, object]]:
                     from ..bench.timeline import call_timeline, format_timeline
 
                     spans = call_timeline(calls)
-                    print(f"timeline {shape.name} T={t} {name} ({us:.1f} us):\n{format_timeline(spans)}",
-                          file=sys.stderr)
+                    # tqdm.write: whole lines above the progress bar, also in a log of stderr
+                    tqdm.write(f"timeline {shape.name} T={t} {name} ({us:.1f} us):\n{format_timeline(spans)}",
+                               file=sys.stderr)
                     row_extra["timeline"] = [vars(s) for s in spans]
                 fl = [floors_for(shape, s.topk_ids, t, ceilings) for s in sets]
                 byte_us = sum(f.byte_floor_us for f in fl) / len(fl)
@@ -161,7 +162,7 @@ def run(args) -> List[Dict[str, object]]:
                     from ..bench.stages import stage_times
 
                     st = stage_times(weights, sets[0])
-                    print(f"stages {shape.name} T={t}: " + ", ".join(
+                    tqdm.write(f"stages {shape.name} T={t}: " + ", ".join(
                         f"{k} {v:.1f} us" if isinstance(v, float) else f"{k} {v}" for k, v in st.items()),
                         file=sys.stderr)
                     sink.write(json.dumps({**env, "preset": shape.name, "tokens": t, "stages_us": st}) + "\n")
