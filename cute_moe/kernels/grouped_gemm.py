@@ -160,7 +160,6 @@ class GroupedGemm:
         self.row_step = self.threads // CHUNKS_PER_ROW
         self.a_loads = self.bm * CHUNKS_PER_ROW // self.threads
         self.b_loads = max(1, self.bn * CHUNKS_PER_ROW // self.threads)
-        self.b_partial = self.bn * CHUNKS_PER_ROW < self.threads  # only the first bn*8 threads load B
         # epilogue vectors: 8 output columns of one token row
         self.rows_per_vec = epi.GATED_ROWS if self.gated else epi.PLAIN_ROWS
         self.set_epilogue_rows(self.bm)
@@ -350,25 +349,7 @@ class GroupedGemm:
             s_src, s_dst, s_ok = a_src, a_dst, a_ok  # unused
         # distance between k-blocks (bf16: elements) or 128-byte int4 blocks (bytes) of one row
         kb_stride = Int64(m) * (INT4_BLOCK_BYTES if cutlass.const_expr(self.packed) else BK)
-        # token rows of this thread; padding rows (n >= nrows) are not loaded: their accumulator
-        # columns are never stored, and at decode, where most rows of a tile are padding, their
-        # loads would all read one hot row (FC1: token 0) next to the streamed weights
-        b_src = []
-        b_dst = []
-        b_ok = []
-        for i in cutlass.range_constexpr(self.b_loads):
-            r = row_in + i * self.row_step
-            if cutlass.const_expr(self.b_partial):
-                r = cutlass.min(r, bn - 1)
-            src_row = row0 + r
-            if cutlass.const_expr(self.gather):
-                src_row = cutlass.max(p2e[row0 + r], Int32(0)) // top_k
-            b_src.append(x_ptr + cute.assume(src_row * k + chunk * CHUNK, divby=CHUNK))
-            b_dst.append(cute.assume(r * BK + (chunk ^ (r % 8)) * CHUNK, divby=CHUNK))
-            if cutlass.const_expr(self.b_partial):
-                b_ok.append((tidx < bn * CHUNKS_PER_ROW) & (r < nrows))
-            else:
-                b_ok.append(r < nrows)
+        b_src, b_dst, b_ok = self.token_row_loads(tidx, self.threads, row0, nrows, p2e, x_ptr, k, top_k)
 
         g2s = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.GLOBAL),
                                   BFloat16, num_bits_per_copy=128)
@@ -415,6 +396,30 @@ class GroupedGemm:
 
         self.store_tile(tidx, sc_ptr, expert, row0, nrows, mb, out_ptr, lora_ptr, p2e, alpha, beta, clamp, out_scale,
                         m, n_out)
+
+    def token_row_loads(self, tidx: Int32, threads: int, row0: Int32, nrows: Int32, p2e: cute.Tensor,
+                        x_ptr: cute.Pointer, k: Int32, top_k: Int32):
+        """The token rows ``threads`` loader threads cp.async (``load_tokens``, ``b_loads`` each):
+        thread ``tid`` copies 16-byte chunk ``tid % 8`` of rows ``tid // 8 + i * threads / 8`` (only the
+        first ``bn * 8`` threads where that is fewer). Returns per load its source at k-block 0, its
+        swizzled destination and whether it is issued: padding rows (``n >= nrows``) are not loaded.
+        Their accumulator columns are never stored, and at decode, where most rows of a tile are
+        padding, their loads would all read one hot row (FC1: token 0) next to the streamed weights."""
+        chunk = tidx % CHUNKS_PER_ROW
+        row_in = tidx // CHUNKS_PER_ROW
+        partial = self.bn * CHUNKS_PER_ROW < threads
+        src, dst, ok = [], [], []
+        for i in range(self.b_loads):
+            r = row_in + i * (threads // CHUNKS_PER_ROW)
+            if partial:
+                r = cutlass.min(r, self.bn - 1)
+            src_row = row0 + r
+            if self.gather:
+                src_row = cutlass.max(p2e[row0 + r], Int32(0)) // top_k
+            src.append(x_ptr + cute.assume(src_row * k + chunk * CHUNK, divby=CHUNK))
+            dst.append(cute.assume(r * BK + (chunk ^ (r % 8)) * CHUNK, divby=CHUNK))
+            ok.append(((tidx < self.bn * CHUNKS_PER_ROW) & (r < nrows)) if partial else (r < nrows))
+        return src, dst, ok
 
     @cute.jit
     def k_loop(self, k_stages: Int32, weights: tuple, tokens: tuple, mma: tuple):

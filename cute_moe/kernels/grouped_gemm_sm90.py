@@ -374,9 +374,6 @@ class WgmmaGroupedGemm(GroupedGemm):
         g2s = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.GLOBAL),
                                   BFloat16, num_bits_per_copy=128)
         vec = cute.make_layout(CHUNK)
-        chunk = tidx % CHUNKS_PER_ROW
-        row_in = tidx // CHUNKS_PER_ROW
-        row_step = PRODUCER_THREADS // CHUNKS_PER_ROW
         stage = Int32(0)
         phase = Int32(1)  # the first pass over the ring finds every slot free
         producer_sync = cutlass.pipeline.NamedBarrier(barrier_id=PRODUCER_BARRIER, num_threads=PRODUCER_THREADS)
@@ -386,18 +383,13 @@ class WgmmaGroupedGemm(GroupedGemm):
             tile, mb = raster(w, tile_info, m_blocks)
             expert = tile_info[tile, 0]
             row0 = tile_info[tile, 1]
-            # gathered token rows of this thread; padding rows are not loaded: their accumulator
-            # columns are never stored (the consumers' narrower wgmma leaves most of them out)
+            # gathered token rows of this thread, padding rows left out (the consumers' narrower
+            # wgmma leaves most of their columns out too)
             nrows = tile_info[tile, 2]
-            b_src = []
-            b_dst = []
-            b_ok = []
-            for i in cutlass.range_constexpr(0 if self.tma_tokens else self.b_loads):
-                r = row_in + i * row_step
-                src_row = cutlass.max(p2e[row0 + r], Int32(0)) // top_k
-                b_src.append(x_ptr + cute.assume(src_row * k + chunk * CHUNK, divby=CHUNK))
-                b_dst.append(cute.assume(r * BK + (chunk ^ (r % 8)) * CHUNK, divby=CHUNK))
-                b_ok.append(r < nrows)
+            b_src, b_dst, b_ok = [], [], []
+            if cutlass.const_expr(not self.tma_tokens):
+                b_src, b_dst, b_ok = self.token_row_loads(tidx, PRODUCER_THREADS, row0, nrows, p2e, x_ptr, k,
+                                                          top_k)
             if cutlass.const_expr(self.packed):
                 s_src, s_dst, s_ok = self.packed_scale_sources(tidx, expert, mb, scale_ptr, m, k)
             for kb in cutlass.range(k_blocks, unroll=1):
@@ -414,12 +406,7 @@ class WgmmaGroupedGemm(GroupedGemm):
                 if cutlass.const_expr(self.packed):
                     self.load_scales(kb, stage, s_src, s_dst, s_ok, ss_ptr)
                 if cutlass.const_expr(not self.tma_tokens):
-                    b_stage = stage * (self.bn * BK)
-                    b_kb = cute.assume(kb * BK, divby=CHUNK)
-                    for i in cutlass.range_constexpr(self.b_loads):
-                        if b_ok[i]:
-                            cute.copy(g2s, cute.make_tensor(b_src[i] + b_kb, vec),
-                                      cute.make_tensor(sb_ptr + cute.assume(b_stage + b_dst[i], divby=CHUNK), vec))
+                    self.load_tokens(kb, stage, g2s, vec, b_src, b_dst, b_ok, sb_ptr)
                 if cutlass.const_expr(self.thread_loads):
                     cute.arch.cp_async_mbarrier_arrive_noinc(full + stage)
                 stage = stage + 1
