@@ -31,9 +31,7 @@ case "${1:-}" in
     for round in $(seq 1 "${AB_ROUNDS:-2}"); do
       order="base this"; (( round % 2 == 0 )) && order="this base"
       for tree in $order; do bench "$tree" "$round" "$@"; done
-    done
-    for round in $(seq 1 "${AB_ROUNDS:-2}"); do
-      echo "round $round ($( (( round % 2 == 0 )) && echo "this first" || echo "base first")):"
+      echo "round $round (${order%% *} first):"
       python3 -m cute_moe.cli.bench --compare "$OUT/ab_base_$round.jsonl" "$OUT/ab_this_$round.jsonl"
     done ;;
   *) echo "usage: $0 prepare REV | [AB_ROUNDS=N] $0 run BENCH-ARGS..." >&2; exit 2 ;;
