@@ -8,7 +8,8 @@ made from the expected routed rows per local expert, ``rows = T * top_k / L``:
 * the token tile ``bn`` (= the plan's ``tile_rows``): the first entry of ``BN_BY_ROWS[variant]``
   (MXINT4: ``INT4_BN_BY_ROWS`` where it has the variant) whose bound is ``>= rows``: padding each
   expert to a multiple of ``bn`` wastes little;
-* the FC1 / FC2 tiles: ``TILES[arch][(variant, bn)]``.
+* the FC1 / FC2 tiles: ``TILES[arch][(variant, bn)]``; a micro FC1 whose grid would leave most
+  SMs with one CTA and the rest with two takes 32 weight rows instead of 64 (``sparse_micro_tile``).
 
 ``CUTE_MOE_GEMM_VARIANT=micro|static|dynamic|wgmma`` or the ``variant`` argument forces the variant
 (``wgmma``: sm_90a, bf16 or MXINT4 weights).
@@ -17,11 +18,13 @@ made from the expected routed rows per local expert, ``rows = T * top_k / L``:
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Dict, Optional, Tuple
 
 import torch
 
 from .kernels.gemm_config import VARIANTS, GemmConfig, TileConfig, wgmma_runs
+from .plan import PlanShape
 
 ENV_VARIANT = "CUTE_MOE_GEMM_VARIANT"
 DEFAULT_ARCH = "sm_90a"
@@ -307,11 +310,43 @@ def forced_variant(variant: Optional[str] = None) -> Optional[str]:
     return v
 
 
+# A micro grid has ceil(M / bm) x max_tiles CTAs, all resident at once at decode. With 64 weight
+# rows per CTA and at most SPARSE_MICRO_CTAS of them (1.5 per SM of an H100 / H200), some SMs
+# run two CTAs and the rest one, so the grid lasts as long as the doubled SMs; 32-row CTAs (two
+# warps, each warp's chain unchanged) spread the same rows as 2-3 per SM. One H100, two runs
+# (64 rows against FC1 at 32, then against both at 32; the 64-row times of the two runs agree
+# within 0.4 us), each tree twice in alternating order (cute-moe-bench --sets 2 --reps 20, bf16
+# through trtllm_bf16_routed_moe, MXINT4 from logits; us; FC1 / FC2 ends from --timeline):
+#
+#   point                        64-row grids (FC1 / FC2)  64 rows   FC1 at 32   both at 32
+#   qwen3-30b-a3b bf16 T=1       192 / 256                 33.0      32.2        32.2 (FC1 ends 1.3 us sooner)
+#   qwen3-30b-a3b mxint4 T=1     192 / 256                 24.1      23.1        23.0 (FC1 ends 0.7 us sooner)
+#   qwen3-30b-a3b mxint4 T=8     1536 / 2048               68.0      69.6        69.3
+#   kimi-k2 (64 experts) T=1     512 / 896                 95.3      95.0        93.7
+#   gpt-oss-120b bf16 T=1        360 / 180                 86.3      89.7        89.9 (FC1 ends 4.8 us later)
+#   qwen3-235b-a22b bf16 T=1     384 / 512                 121.8     126.7       128.4
+#
+# Where the 64-row grid already fills the SMs, 32-row CTAs lose (more token-row loads and ring
+# prologues for the same weights). FC2 keeps 64 rows: its time after FC1's end did not move with
+# 32-row CTAs (qwen3-30b-a3b 4.8 -> 4.9 us bf16, 3.9 -> 3.8 mxint4) or grew (gpt-oss-120b, 180
+# CTAs: 20.9 -> 21.6); Kimi-K2 T=1 gained 2% from 32-row FC2 CTAs, but its 64-row grid (896 CTAs,
+# 1.36 waves) is not a sparse one and no other point backs a rule for it.
+SPARSE_MICRO_CTAS = 198
+
+
+def sparse_micro_tile(tile: TileConfig, m: int, max_tiles: int) -> TileConfig:
+    """``tile`` (a 64-row micro tile) with 32 weight rows and two warps where its grid over ``m``
+    weight rows and ``max_tiles`` token tiles has at most SPARSE_MICRO_CTAS CTAs."""
+    if tile.bm == 64 and tile.mma == "warp" and -(-m // tile.bm) * max_tiles <= SPARSE_MICRO_CTAS:
+        return replace(tile, bm=32, warps_m=tile.warps_m // 2)
+    return tile
+
+
 def select_config(*, num_tokens: int, top_k: int, hidden_size: int, intermediate_size: int,
                   local_num_experts: int, weight_kind: str = "bf16", device=None, arch: Optional[str] = None,
-                  variant: Optional[str] = None) -> GemmConfig:
-    """GemmConfig for one call's shapes (module docstring); ``variant`` forces the variant."""
-    del hidden_size, intermediate_size  # tiles handle every supported H, I
+                  variant: Optional[str] = None, gated: bool = True) -> GemmConfig:
+    """GemmConfig for one call's shapes (module docstring); ``variant`` forces the variant;
+    ``gated``: a SwiGLU FC1 (2 * I weight rows), the only kind ``sparse_micro_tile`` applies to."""
     arch = _arch(device, arch)
     rows = max(int(num_tokens), 1) * int(top_k) / max(int(local_num_experts), 1)
     table = {"bf16": VARIANT_BY_ROWS[arch], "mxint4": INT4_VARIANT_BY_ROWS[arch],
@@ -323,4 +358,7 @@ def select_config(*, num_tokens: int, top_k: int, hidden_size: int, intermediate
     bn = _first(bands.get(chosen, BN_BY_ROWS[chosen]), rows)
     tiles = _SM120_FP4_TILES if (arch, weight_kind) == ("sm_120a", "nvfp4") else TILES[arch]
     fc1, fc2, ctas, pdl = tiles[(chosen, bn)]
+    if chosen == "micro" and gated and weight_kind in ("bf16", "mxint4"):  # as measured (SwiGLU FC1s)
+        max_tiles = PlanShape(max(int(num_tokens), 1), int(top_k), max(int(local_num_experts), 1), bn).max_tiles
+        fc1 = sparse_micro_tile(fc1, 2 * int(intermediate_size), max_tiles)
     return GemmConfig(chosen, fc1, fc2, ctas, pdl)

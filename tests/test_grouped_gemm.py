@@ -44,6 +44,10 @@ VARIANTS = [
                                                       activation=RELU2)),
     ("fc2_dynamic_256x128", lambda: GroupedGemm("fc2", TileConfig(256, 128, 4, 2, 3), "persistent")),
     ("fc2_micro_64x16", lambda: GroupedGemm("fc2", TileConfig(64, 16, 4, 1, 8), "m_fastest")),
+    # the selector's FC1 micro tile where 64-row CTAs would leave SMs unevenly loaded (two warps)
+    ("fc1_micro_32x8_swiglu", lambda: GroupedGemm("fc1", TileConfig(32, 8, 2, 1, 8), "m_fastest")),
+    ("int4_fc1_micro_32x8_swiglu", lambda: GroupedGemm("fc1", TileConfig(32, 8, 2, 1, 8), "m_fastest",
+                                                       weight_format="mxint4")),
     ("int4_fc1_micro_64x8_swiglu_lora_oss", lambda: GroupedGemm("fc1", TileConfig(64, 8, 4, 1, 8), "m_fastest",
                                                                 has_lora=True, has_alpha=True, has_beta=True,
                                                                 has_clamp=True, weight_format="mxint4")),
@@ -494,6 +498,11 @@ def test_selector_follows_routed_rows_per_expert(monkeypatch):
     decode = select_config(num_tokens=1, **kw)
     prefill = select_config(num_tokens=16384, **kw)
     assert decode.variant == "micro" and decode.tile_rows == 8 and decode.pdl
+    # T=1: 24 m-blocks x 8 tiles of FC1 would leave 60 SMs with two CTAs: 32-row CTAs instead
+    assert (decode.fc1.bm, decode.fc1.warps_m, decode.fc2.bm) == (32, 2, 64)
+    assert select_config(num_tokens=2, **kw).fc1.bm == 64  # 384 CTAs of 64 rows
+    assert select_config(num_tokens=1, weight_kind="mxint4", **kw).fc1.bm == 32
+    assert select_config(num_tokens=1, **{**kw, "intermediate_size": 2880}).fc1.bm == 64
     assert prefill.variant == "wgmma" and prefill.tile_rows == 192 and not prefill.pdl
     assert select_config(num_tokens=8192, **{**kw, "arch": "sm_120a"}).fc1.fits("sm_120a")
     previous = 0
@@ -653,6 +662,12 @@ CASES = [
     *[Case("dsv3", 256, 8, t, local=16, offset=32, int4=True) for t in (1, 64, 1000)],
     Case("qwen3", 64, 8, 128, int4=True, lora=True, oss=(True, True, True)),
     Case("qwen3", 128, 8, 1000, routing="hot", int4=True),
+    # 32-row micro tiles (two warps): bf16 and MXINT4, the FC1 epilogue options, a hot expert, K = 64
+    *[Case(shape, 32, 4, t, int4=int4, routing=r, lora=lora, oss=(lora,) * 3,
+           tile=("micro", TileConfig(32, bn, 2, 1, 8), TileConfig(32, bn, 2, 1, 8), 1))
+      for shape, int4 in (("gptoss", False), ("qwen3", True)) for bn in (8, 16)
+      for t, r, lora in ((1, "uniform", False), (5, "uniform", True), (40, "hot", False))],
+    Case("tiny", 8, 2, 3, tile=("micro", TileConfig(32, 8, 2, 1, 8), TileConfig(32, 8, 2, 1, 8), 1)),
     # SM90 wgmma: partial m-blocks (H = 2880, M = 64 < bm), the smallest K, EP slices, hot / few experts
     *[Case("qwen3", 128, 8, t, variant="wgmma") for t in (1, 3, 128, 1000, 4096)],
     *[Case("gptoss", 32, 4, t, variant="wgmma", oss=(True, True, True)) for t in (1, 1000)],
@@ -729,7 +744,7 @@ def _config(case: Case) -> GemmConfig:
         return GemmConfig(case.tile[0], fc1, fc2, ctas, pdl)
     return select_config(num_tokens=case.tokens, top_k=case.top_k, hidden_size=h, intermediate_size=i,
                          local_num_experts=case.num_local, device=torch.device("cuda"), variant=case.variant,
-                         weight_kind="mxint4" if case.int4 else "bf16")
+                         weight_kind="mxint4" if case.int4 else "bf16", gated=case.activation == SWIGLU)
 
 
 def _rows_of(plan):

@@ -9,7 +9,8 @@ tile per GEMM. FC1 and FC2 share the plan, hence ``bn``; ``bm`` and stages may d
 
 Variants (all one kernel template; cute_moe/kernels/grouped_gemm.py):
 
-* ``micro``: decode tiles (``bn`` 8 or 16, ``bm`` 64, deep ring), static 1-D grid of
+* ``micro``: decode tiles (``bn`` 8 or 16, ``bm`` 64, or 32 with two warps where 64-row CTAs would
+  leave the SMs unevenly loaded: ``select.sparse_micro_tile``; deep ring), static 1-D grid of
   ``M/bm * max_tiles`` CTAs with the m-blocks of a tile fastest;
 * ``static``: grid ``(max_tiles, M/bm)``, tiles fastest: CTAs that read the same weight block
   run together and share it in L2;
@@ -77,7 +78,7 @@ SCHEDULE_OF_VARIANT = {"micro": "m_fastest", "static": "tiles_fastest", "dynamic
                        "wgmma": "persistent"}
 SMEM_LIMIT = 227 * 1024  # opt-in shared memory per CTA on SM90 / SM100 (SM120: 99 KiB)
 SMEM_LIMIT_SM120 = 99 * 1024
-BM_CHOICES = (64, 128, 256)
+BM_CHOICES = (32, 64, 128, 256)
 BN_CHOICES = (8, 16, 32, 64, 128, 192)
 WGMMA_ONLY_BN = (192,)  # token tiles of the SM90 instantiation only
 
