@@ -22,6 +22,19 @@ def test_spans_are_medians_per_kernel_position_with_gaps_and_the_call_span():
     assert spans[1].gap_us == -4 and spans[2].gap_us == -18  # programmatic launches overlap
 
 
+def test_spans_per_input_set_and_the_time_between_calls():
+    """Calls alternate between input sets; a set that routes to slower experts shows in its own
+    span, and the graph's gaps between calls in the last line."""
+    k = "kernel_cutlass_kernel_cute_moekernelscombineCombineRows_object_at_0"
+    records = (_call(0, [(k, 0, 10)]) + _call(12, [(k, 0, 30)]) + _call(50, [(k, 0, 10)])
+               + _call(62, [(k, 0, 30)]))
+    spans = spans_of(records, 4, num_sets=2)
+    assert [s.name for s in spans] == ["CombineRows", "(call span)", "(set 0 span)", "(set 1 span)",
+                                       "(to next call)"]
+    assert [s.duration_us for s in spans[2:]] == [10, 30, 2]  # gaps 2, 8, 2
+    assert [s.name for s in spans_of(records, 4)][-1] == "(call span)"  # one set: no extra lines
+
+
 def test_records_that_do_not_split_into_calls_are_refused():
     with pytest.raises(RuntimeError, match="do not split"):
         spans_of(_call(0, [("a", 0, 1), ("b", 1, 1), ("c", 2, 1)]), 2)

@@ -63,12 +63,15 @@ def call_timeline(calls: Sequence[Callable[[], None]], reps: int = 20) -> List[K
         path = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(path))
         records = _kernel_records(json.loads(path.read_text()))
-    return spans_of(records, reps * len(calls))
+    return spans_of(records, reps * len(calls), len(calls))
 
 
-def spans_of(records: List[dict], num_calls: int) -> List[KernelSpan]:
+def spans_of(records: List[dict], num_calls: int, num_sets: int = 1) -> List[KernelSpan]:
     """Median spans per kernel position over ``num_calls`` calls, from kernel records (``name``,
-    ``ts``, ``dur`` in us) sorted by start, and the call span last."""
+    ``ts``, ``dur`` in us) sorted by start, then the call span; with ``num_sets`` input sets
+    (call ``i`` runs set ``i % num_sets``) also the call span of each set, and the median time
+    from a call's last kernel end to the next call's first start (the graph's own gaps: the
+    benchmark's time per call is the call span plus this, averaged over the sets)."""
     per_call = len(records) // num_calls if num_calls else 0
     if per_call == 0 or len(records) % num_calls:
         raise RuntimeError(f"{len(records)} kernel records do not split into {num_calls} calls")
@@ -80,8 +83,16 @@ def spans_of(records: List[dict], num_calls: int) -> List[KernelSpan]:
         gaps = [c[j]["ts"] - (c[j - 1]["ts"] + c[j - 1]["dur"]) if j else 0.0 for c in chunks]
         spans.append(KernelSpan(short_name(chunks[0][j]["name"]), statistics.median(starts),
                                 statistics.median(durs), statistics.median(gaps)))
-    span = statistics.median(max(e["ts"] + e["dur"] for e in c) - c[0]["ts"] for c in chunks)
+    ends = [max(e["ts"] + e["dur"] for e in c) for c in chunks]
+    span = statistics.median(end - c[0]["ts"] for c, end in zip(chunks, ends))
     spans.append(KernelSpan("(call span)", 0.0, span, 0.0))
+    if num_sets > 1:
+        for s in range(num_sets):
+            own = [end - c[0]["ts"] for i, (c, end) in enumerate(zip(chunks, ends)) if i % num_sets == s]
+            spans.append(KernelSpan(f"(set {s} span)", 0.0, statistics.median(own), 0.0))
+        if len(chunks) > 1:
+            between = [chunks[i + 1][0]["ts"] - ends[i] for i in range(len(chunks) - 1)]
+            spans.append(KernelSpan("(to next call)", 0.0, statistics.median(between), 0.0))
     return spans
 
 
