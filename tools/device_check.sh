@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One GPU session's worth of checks, under $OUT (default ./out): logs, JSON lines, plots.
-#   bash tools/device_check.sh [warm|tests|bench|bench-mxint4|bench-nvfp4|bench-prefill|eager|first-call|sanitize|all] [pytest -k expression]
+#   bash tools/device_check.sh [warm|tests|bench|bench-mxint4|bench-nvfp4|bench-prefill|timeline|eager|first-call|sanitize|all] [pytest -k expression]
 # warm: the benchmarks' kernels compiled in parallel (below); tests: every GPU test (errors vs the
 # float reference recorded in errors.jsonl);
 # bench: the bf16 presets; bench-mxint4: MXINT4 next to bf16 on the same shapes; bench-nvfp4:
 # b12x_fused_moe (w4a16 and nvfp4, FP4 byte floor) next to the bf16 routed path on the same weights;
 # bench-prefill: the prefill table of docs/gemm_notes.md (SM90 wgmma: selector's choice, the forced
 # warp-MMA dynamic variant and the torch._grouped_mm pipeline at T = 512, 4096, 16384);
-# eager: host and wall time of eager calls next to graph replay; first-call: a fresh process's
+# timeline: decode calls' kernels on the GPU timeline (per input set, gaps between calls) next
+# to the benchmark's time; eager: host and wall time of eager calls next to graph replay; first-call: a fresh process's
 # first call with a cold, then a warm kernel cache; sanitize: compute-sanitizer memcheck and
 # racecheck on small calls of every kernel family (tools/sanitize_cases.py).
 # The tree copied to the GPU machine and .devbundle/ share 64 MiB: tools/device_slim.sh on|off
@@ -63,6 +64,17 @@ if [[ $what == bench-prefill || $what == all ]]; then
     --preset gpt-oss-120b --preset mixtral-8x7b --tokens 512,4096,16384 --impl cute_bf16_routed \
     --impl "cute_bf16_routed[dynamic]" --impl torch_grouped_mm --variants --sets 2 --reps 10 \
     --out "$OUT/bench_prefill.jsonl" --plot "$OUT/bench_prefill.png" 2>>"$OUT/bench_err.txt" | tee "$OUT/bench_prefill.txt"
+fi
+if [[ $what == timeline || $what == all ]]; then
+  # each decode call's kernels on the GPU timeline (per input set, and the time between calls)
+  # next to the benchmark's time per call: at mixtral-8x7b and Kimi-K2 T=1 the two disagreed
+  # by 10-40 us (docs/gemm_notes.md, "benchmark time against the timeline's call span")
+  for preset in "mixtral-8x7b --impl cute_bf16_routed" "qwen3-30b-a3b --impl cute_bf16_routed" \
+                "kimi-k2 --experts 64 --impl cute_mxint4"; do
+    timeout 150 python3 -m cute_moe.cli.bench --preset $preset --tokens 1,8 --timeline --sets 2 --reps 20 \
+      --out "$OUT/timeline_${preset%% *}.jsonl" 2>>"$OUT/timeline.txt" | tee -a "$OUT/bench.txt"
+  done
+  tr '\r' '\n' <"$OUT/timeline.txt" | grep -v "point/s\|s/point" | tee "$OUT/timeline_summary.txt"
 fi
 if [[ $what == eager || $what == all ]]; then
   timeout 300 python3 -m cute_moe.cli.bench --preset qwen3-30b-a3b --preset qwen3-235b-a22b --tokens 1,64,4096 \
