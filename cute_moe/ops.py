@@ -99,7 +99,7 @@ def _fused_moe_fake(routing_input_mode, hidden_states, weight_kind, gemm1, gemm1
     t, h = hidden_states.shape
     config = select_config(num_tokens=t, top_k=top_k, hidden_size=h, intermediate_size=intermediate_size,
                            local_num_experts=local_num_experts, weight_kind=weight_kind,
-                           device=hidden_states.device, variant=gemm_variant)
+                           device=hidden_states.device, variant=gemm_variant, activation_type=activation_type)
     rows = PlanShape(t, top_k, local_num_experts, config.tile_rows).max_padded_rows if t else 0
     new = hidden_states.new_empty
     lora = gemm1_lora_delta is not None

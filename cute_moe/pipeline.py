@@ -219,7 +219,7 @@ class CallRecipe:
         act = ActivationType(int(call.activation_type))
         config = select_config(num_tokens=t, top_k=k, hidden_size=h, intermediate_size=inter,
                                local_num_experts=call.local_num_experts, weight_kind=call.weights.kind,
-                               device=device, variant=call.gemm_variant, gated=act == ActivationType.Swiglu)
+                               device=device, variant=call.gemm_variant, activation_type=act)
         shape = PlanShape(t, k, int(call.local_num_experts), config.tile_rows)
         spec = None
         if call.mode == RoutingInputMode.FromLogits:

@@ -101,7 +101,7 @@ def model_kernels(*, hidden_size: int, intermediate_size: int, num_experts: int,
             config = select_config(num_tokens=t, top_k=top_k, hidden_size=hidden_size,
                                    intermediate_size=intermediate_size, local_num_experts=local,
                                    weight_kind=weights, arch=arch, variant=variant,
-                                   gated=act == ActivationType.Swiglu)
+                                   activation_type=act)
             shape = PlanShape(t, top_k, local, config.tile_rows)
             if plan_is_single_cta(shape):
                 # ids (routed entries with ids), packed pairs, and the routing folded in at small T

@@ -23,6 +23,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from .enums import ActivationType
 from .kernels.gemm_config import VARIANTS, GemmConfig, TileConfig, wgmma_runs
 from .plan import PlanShape
 
@@ -344,9 +345,9 @@ def sparse_micro_tile(tile: TileConfig, m: int, max_tiles: int) -> TileConfig:
 
 def select_config(*, num_tokens: int, top_k: int, hidden_size: int, intermediate_size: int,
                   local_num_experts: int, weight_kind: str = "bf16", device=None, arch: Optional[str] = None,
-                  variant: Optional[str] = None, gated: bool = True) -> GemmConfig:
+                  variant: Optional[str] = None, activation_type: int = ActivationType.Swiglu) -> GemmConfig:
     """GemmConfig for one call's shapes (module docstring); ``variant`` forces the variant;
-    ``gated``: a SwiGLU FC1 (2 * I weight rows), the only kind ``sparse_micro_tile`` applies to."""
+    ``activation_type``: FC1's (``sparse_micro_tile`` applies to SwiGLU FC1s, 2 * I weight rows)."""
     arch = _arch(device, arch)
     rows = max(int(num_tokens), 1) * int(top_k) / max(int(local_num_experts), 1)
     table = {"bf16": VARIANT_BY_ROWS[arch], "mxint4": INT4_VARIANT_BY_ROWS[arch],
@@ -358,7 +359,8 @@ def select_config(*, num_tokens: int, top_k: int, hidden_size: int, intermediate
     bn = _first(bands.get(chosen, BN_BY_ROWS[chosen]), rows)
     tiles = _SM120_FP4_TILES if (arch, weight_kind) == ("sm_120a", "nvfp4") else TILES[arch]
     fc1, fc2, ctas, pdl = tiles[(chosen, bn)]
-    if chosen == "micro" and gated and weight_kind in ("bf16", "mxint4"):  # as measured (SwiGLU FC1s)
+    swiglu = ActivationType(int(activation_type)) == ActivationType.Swiglu
+    if chosen == "micro" and swiglu and weight_kind in ("bf16", "mxint4"):  # as measured
         max_tiles = PlanShape(max(int(num_tokens), 1), int(top_k), max(int(local_num_experts), 1), bn).max_tiles
         fc1 = sparse_micro_tile(fc1, 2 * int(intermediate_size), max_tiles)
     return GemmConfig(chosen, fc1, fc2, ctas, pdl)

@@ -744,7 +744,7 @@ def _config(case: Case) -> GemmConfig:
         return GemmConfig(case.tile[0], fc1, fc2, ctas, pdl)
     return select_config(num_tokens=case.tokens, top_k=case.top_k, hidden_size=h, intermediate_size=i,
                          local_num_experts=case.num_local, device=torch.device("cuda"), variant=case.variant,
-                         weight_kind="mxint4" if case.int4 else "bf16", gated=case.activation == SWIGLU)
+                         weight_kind="mxint4" if case.int4 else "bf16", activation_type=case.activation)
 
 
 def _rows_of(plan):

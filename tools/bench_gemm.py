@@ -147,7 +147,8 @@ def _configs(args, prob: Problem, t: int):
     for v in args.variants:
         config = select_config(num_tokens=t, top_k=s.top_k, hidden_size=s.hidden_size,
                                intermediate_size=s.intermediate_size, local_num_experts=s.num_experts,
-                               device=torch.device("cuda"), variant=None if v == "auto" else v)
+                               device=torch.device("cuda"), variant=None if v == "auto" else v,
+                               activation_type=s.activation)
         out.append((v, config))
     return out
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Dict
 
-from ..enums import ActivationType
 from ..gemm import grouped_gemm_fc1, grouped_gemm_fc2
 from ..routing import build_plan, combine, route
 from ..select import select_config
@@ -26,7 +25,7 @@ def stage_times(weights: PresetWeights, s: InputSet, reps: int = 20) -> Dict[str
     ids, w = do_route()
     config = select_config(num_tokens=t, top_k=shape.top_k, hidden_size=shape.hidden_size,
                            intermediate_size=shape.intermediate_size, local_num_experts=local,
-                           device=s.hidden.device, gated=int(shape.activation) == int(ActivationType.Swiglu))
+                           device=s.hidden.device, activation_type=shape.activation)
     plan = build_plan(ids, shape.top_k, 0, local, config.tile_rows)
     fc1 = dict(top_k=shape.top_k, intermediate_size=shape.intermediate_size,
                activation_type=int(shape.activation), config=config, **weights.swiglu)
