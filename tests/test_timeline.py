@@ -1,4 +1,5 @@
-"""cute-moe-bench --timeline: kernel records of graph replays split into calls (CPU)."""
+"""cute-moe-bench --timeline: kernel records of graph replays split into calls; the timed
+replays' warm-up (CPU)."""
 
 import pytest
 
@@ -46,3 +47,19 @@ def test_short_names_keep_the_kernel_class():
     assert short_name("kernel_cutlass_kernel_cute_moekernelscombineCombineRows_object_at_0") == "CombineRows"
     assert short_name("kernel_cutlass_kernel_cute_moekernelsroutingRouteTopk_object_0") == "RouteTopk"
     assert short_name("void at::native::elementwise_kernel") == "void at::native::elementwise_kernel"
+
+
+def test_warm_up_runs_at_least_the_count_and_then_until_the_minimum_time():
+    from cute_moe.bench.measure import warm_up
+
+    now = [0.0]
+    runs, syncs = [], []
+
+    def fn():  # each run takes 1/8 s on the fake clock
+        runs.append(now[0])
+        now[0] += 0.125
+
+    assert warm_up(fn, 3, 1.0, lambda: syncs.append(len(runs)), clock=lambda: now[0]) == 8
+    assert syncs == [3, 4, 5, 6, 7, 8]  # after the count, one synchronized run at a time
+    now[0], runs[:] = 0.0, []
+    assert warm_up(fn, 20, 1.0, lambda: None, clock=lambda: now[0]) == 20  # the count alone covers the time

@@ -67,8 +67,8 @@ if [[ $what == bench-prefill || $what == all ]]; then
 fi
 if [[ $what == timeline || $what == all ]]; then
   # each decode call's kernels on the GPU timeline (per input set, and the time between calls)
-  # next to the benchmark's time per call: at mixtral-8x7b and Kimi-K2 T=1 the two disagreed
-  # by 10-40 us (docs/gemm_notes.md, "benchmark time against the timeline's call span")
+  # next to the benchmark's time per call; the two agree since the benchmark's warm-up lasts
+  # 100 ms (docs/gemm_notes.md, "benchmark time against the timeline's call span")
   for preset in "mixtral-8x7b --impl cute_bf16_routed" "qwen3-30b-a3b --impl cute_bf16_routed" \
                 "kimi-k2 --experts 64 --impl cute_mxint4"; do
     timeout 150 python3 -m cute_moe.cli.bench --preset $preset --tokens 1,8 --timeline --sets 2 --reps 20 \

@@ -3,6 +3,11 @@
 Times come from CUDA events around graph replays (launch gaps removed), after warm-up,
 median of many repetitions. Callers pass several input sets; one replay runs the function
 once per set, so weights and activations that would otherwise stay in L2 are rotated out.
+
+Warm-up is a number of runs and then synchronized runs until ``MIN_WARMUP_S`` has passed: right
+after a preset's weights were created, the first ~10 ms of decode replays once ran 16% slower
+than every later one (mixtral-8x7b T=1 on an H100: 283.8 us a call, then 244.1 and 243.7 from the
+same weights), longer than five replays of a 0.5 ms graph last.
 """
 
 from __future__ import annotations
@@ -21,10 +26,27 @@ class Ceilings:
     bf16_flops_per_s: float  # dense bf16 matmul (torch / cuBLAS), 8192^3
 
 
-def _median_ms(fn: Callable[[], None], reps: int, warmup: int) -> float:
-    for _ in range(warmup):
+MIN_WARMUP_S = 0.1
+
+
+def warm_up(fn: Callable[[], None], runs: int, min_seconds: float, sync: Callable[[], None],
+            clock: Callable[[], float] = time.perf_counter) -> int:
+    """Run ``fn`` ``runs`` times, then on, one synchronized run at a time, until ``min_seconds``
+    have passed since the start; returns the number of runs."""
+    start = clock()
+    for _ in range(runs):
         fn()
-    torch.cuda.synchronize()
+    sync()
+    done = runs
+    while clock() - start < min_seconds:
+        fn()
+        sync()
+        done += 1
+    return done
+
+
+def _median_ms(fn: Callable[[], None], reps: int, warmup: int) -> float:
+    warm_up(fn, warmup, MIN_WARMUP_S, torch.cuda.synchronize)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     for s, e in zip(starts, ends):
