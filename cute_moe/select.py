@@ -349,7 +349,8 @@ def select_config(*, num_tokens: int, top_k: int, hidden_size: int, intermediate
     """GemmConfig for one call's shapes (module docstring); ``variant`` forces the variant;
     ``activation_type``: FC1's (``sparse_micro_tile`` applies to SwiGLU FC1s, 2 * I weight rows)."""
     arch = _arch(device, arch)
-    rows = max(int(num_tokens), 1) * int(top_k) / max(int(local_num_experts), 1)
+    tokens, local = max(int(num_tokens), 1), max(int(local_num_experts), 1)
+    rows = tokens * int(top_k) / local
     table = {"bf16": VARIANT_BY_ROWS[arch], "mxint4": INT4_VARIANT_BY_ROWS[arch],
              "nvfp4": _FP4_VARIANT_BY_ROWS}.get(weight_kind, _WARP_VARIANT_BY_ROWS)
     chosen = forced_variant(variant) or _first(table, rows)
@@ -361,6 +362,6 @@ def select_config(*, num_tokens: int, top_k: int, hidden_size: int, intermediate
     fc1, fc2, ctas, pdl = tiles[(chosen, bn)]
     swiglu = ActivationType(int(activation_type)) == ActivationType.Swiglu
     if chosen == "micro" and swiglu and weight_kind in ("bf16", "mxint4"):  # as measured
-        max_tiles = PlanShape(max(int(num_tokens), 1), int(top_k), max(int(local_num_experts), 1), bn).max_tiles
+        max_tiles = PlanShape(tokens, int(top_k), local, bn).max_tiles
         fc1 = sparse_micro_tile(fc1, 2 * int(intermediate_size), max_tiles)
     return GemmConfig(chosen, fc1, fc2, ctas, pdl)

@@ -9,8 +9,9 @@
 # warp-MMA dynamic variant and the torch._grouped_mm pipeline at T = 512, 4096, 16384);
 # timeline: decode calls' kernels on the GPU timeline (per input set, gaps between calls) next
 # to the benchmark's time; eager: host and wall time of eager calls next to graph replay;
-# first-call: a fresh process's first call with a cold, then a warm kernel cache; sanitize: compute-sanitizer memcheck and
-# racecheck on small calls of every kernel family (tools/sanitize_cases.py).
+# first-call: a fresh process's first call with a cold, then a warm kernel cache; sanitize:
+# compute-sanitizer memcheck and racecheck on small calls of every kernel family
+# (tools/sanitize_cases.py).
 # The tree copied to the GPU machine and .devbundle/ share 64 MiB: tools/device_slim.sh on|off
 # keeps only what GPU runs read (the package, the GPU tests, these tools) in the copy around the
 # runs, and `tools/device_slim.sh blocks` says what is left for scripts of the run.

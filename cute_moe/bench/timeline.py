@@ -70,8 +70,8 @@ def spans_of(records: List[dict], num_calls: int, num_sets: int = 1) -> List[Ker
     """Median spans per kernel position over ``num_calls`` calls, from kernel records (``name``,
     ``ts``, ``dur`` in us) sorted by start, then the call span; with ``num_sets`` input sets
     (call ``i`` runs set ``i % num_sets``) also the call span of each set, and the median time
-    from a call's last kernel end to the next call's first start (the graph's own gaps: the
-    benchmark's time per call is the call span plus this, averaged over the sets)."""
+    from a call's last kernel end to the next call's first start (the graph's own gaps between
+    calls; a median, so the boundaries between replays, one in ``num_sets``, do not move it)."""
     per_call = len(records) // num_calls if num_calls else 0
     if per_call == 0 or len(records) % num_calls:
         raise RuntimeError(f"{len(records)} kernel records do not split into {num_calls} calls")
